@@ -1,0 +1,25 @@
+"""Service errors carry their HTTP status and a stable code; one handler renders them as JSON."""
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotReady(ServiceError):
+    status = 503
+    code = "not_ready"
+
+
+class UnknownModel(ServiceError):
+    status = 404
+    code = "unknown_model"
+
+
+class ReleaseRefused(ServiceError):
+    status = 409
+    code = "release_refused"

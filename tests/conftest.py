@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    REPO,
+    free_port,
+    start,
+    stop,
+    synthetic_ratings,
+    wait_for_http,
+    write_ml100k,
+)
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    """Our copy of MovieLens 100K (never committed): MOVIELENS_DIR or ../shared/datasets/ml-100k."""
+    default = REPO.parent / "shared" / "datasets" / "ml-100k"
+    folder = Path(os.environ.get("MOVIELENS_DIR", default))
+    if not folder.is_absolute():
+        folder = (REPO / folder).resolve()
+    if not (folder / "u.data").is_file():
+        pytest.skip(f"MovieLens 100K not found at {folder} (set MOVIELENS_DIR)")
+    return folder
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path: Path) -> Path:
+    return write_ml100k(tmp_path / "ml-synthetic", synthetic_ratings(), n_items=40)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API over HTTP: moto in server mode on a free loopback port."""
+    binary = shutil.which("moto_server") or str(Path(os.sys.executable).parent / "moto_server")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = start([binary, "-H", "127.0.0.1", "-p", str(port)], log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/moto-api/", timeout=30, proc=proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"marquee-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture(scope="session")
+def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """All four kinds trained on synthetic data by the real CLI, published to a file registry."""
+    import json
+
+    from trainer.__main__ import main
+
+    root = tmp_path_factory.mktemp("release")
+    data = write_ml100k(root / "data", synthetic_ratings(), n_items=40)
+    registry = (root / "registry").as_uri()
+    report = root / "report.json"
+    assert (
+        main(["train", "--data", str(data), "--registry", registry, "--report", str(report)]) == 0
+    )
+    return {"registry": registry, "data": data, "report": json.loads(report.read_text())}

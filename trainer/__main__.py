@@ -1,0 +1,84 @@
+"""Command line: `python -m trainer train ...` and `python -m trainer download ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from model_registry.errors import RegistryError
+from model_registry.registry import Registry
+from trainer.data import load_movielens
+from trainer.download import DATASETS, download
+from trainer.errors import TrainerError
+from trainer.models import KINDS
+from trainer.pipeline import train_release
+
+log = logging.getLogger("trainer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train, evaluate and publish one release")
+    train.add_argument(
+        "--data", required=True, type=Path, help="MovieLens folder (100K/1M/25M layout)"
+    )
+    train.add_argument(
+        "--registry", required=True, help="file:///abs/path, s3://bucket/prefix or memory://name"
+    )
+    train.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"comma separated model kinds (default: {','.join(KINDS)})",
+    )
+    train.add_argument("--report", type=Path, help="also write the evaluation table as JSON here")
+    train.add_argument("--seed", type=int, default=0)
+    dl = sub.add_parser("download", help="download and verify a MovieLens dataset")
+    dl.add_argument("name", choices=sorted(DATASETS))
+    dl.add_argument("--dest", type=Path, default=Path("data"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("TRAIN_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        if args.command == "download":
+            print(download(args.name, args.dest))
+            return 0
+        return _train(args)
+    except (TrainerError, RegistryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    started = time.perf_counter()
+    log.info("loading %s", args.data)
+    dataset = load_movielens(args.data)
+    if dataset.skipped:
+        log.warning("skipped rows: %s", dataset.skipped)
+    report = train_release(dataset, Registry.open(args.registry), kinds, seed=args.seed)
+    print(report.table())
+    print(
+        f"published {report.version} to {report.registry} in {time.perf_counter() - started:.0f}s"
+    )
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

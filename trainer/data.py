@@ -1,0 +1,247 @@
+"""MovieLens loaders for the three on-disk layouts, detected from the files in a folder.
+
+- 100K:            u.data (tab separated), u.item ('|' separated, latin-1), u.genre
+- 1M / 10M:        ratings.dat, movies.dat ('::' separated)
+- latest/20M/25M/32M: ratings.csv, movies.csv (comma separated, header row)
+
+Every rating becomes one implicit interaction. Parsing takes pandas' fast path; only when it fails
+do we re-scan the file line by line, so the error can name the exact file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainer.errors import DataError
+
+RATING_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+_INT_COLUMNS = ("user_id", "item_id", "timestamp")
+
+ML100K_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
+
+
+@dataclass
+class Dataset:
+    """Ratings plus the item catalogue, with a record of what was skipped and why."""
+
+    ratings: pd.DataFrame  # user_id, item_id (int64), rating (float32), timestamp (int64 seconds)
+    items: pd.DataFrame  # item_id (int64), title (str), genres (str, '|' separated)
+    layout: str
+    files: list[Path] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def snapshot_id(self) -> str:
+        """Hash of the input files' names and bytes: the data identity recorded in a release."""
+        digest = hashlib.sha256()
+        for path in sorted(self.files, key=lambda p: p.name):
+            digest.update(path.name.encode())
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        return f"movielens-{self.layout}-{digest.hexdigest()[:16]}"
+
+    def stats(self) -> dict[str, int | str | dict[str, int]]:
+        return {
+            "layout": self.layout,
+            "ratings": len(self.ratings),
+            "users": int(self.ratings["user_id"].nunique()),
+            "items": int(self.ratings["item_id"].nunique()),
+            "catalogue_items": len(self.items),
+            "skipped": dict(self.skipped),
+        }
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    ratings_file: str
+    items_file: str
+    sep: str
+    header: bool
+
+
+_LAYOUTS = [
+    _Layout("ml-100k", "u.data", "u.item", "\t", header=False),
+    _Layout("ml-1m", "ratings.dat", "movies.dat", "::", header=False),
+    _Layout("ml-latest", "ratings.csv", "movies.csv", ",", header=True),
+]
+
+
+def detect_layout(folder: Path) -> _Layout:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory (expected a MovieLens folder)")
+    for layout in _LAYOUTS:
+        if (folder / layout.ratings_file).is_file():
+            return layout
+    wanted = ", ".join(lay.ratings_file for lay in _LAYOUTS)
+    raise DataError(f"{folder}: no MovieLens ratings file found (looked for {wanted})")
+
+
+def load_movielens(folder: str | Path) -> Dataset:
+    """Load any supported MovieLens layout from `folder`."""
+    folder = Path(folder)
+    layout = detect_layout(folder)
+    ratings_path = folder / layout.ratings_file
+    items_path = folder / layout.items_file
+    if not items_path.is_file():
+        raise DataError(f"{items_path}: missing (the {layout.name} layout needs it for titles)")
+    ratings = _read_ratings(ratings_path, layout)
+    items = _read_items(items_path, layout)
+    files = [ratings_path, items_path]
+    return _clean(ratings, items, layout.name, files)
+
+
+def _clean(ratings: pd.DataFrame, items: pd.DataFrame, layout: str, files: list[Path]) -> Dataset:
+    """Drop rows that cannot become interactions, counting each reason."""
+    skipped: dict[str, int] = {}
+    known = ratings["item_id"].isin(items["item_id"])
+    if not known.all():
+        skipped["item_not_in_catalogue"] = int((~known).sum())
+        ratings = ratings[known]
+    # A user who rated the same movie twice keeps the latest rating: one interaction per pair.
+    ratings = ratings.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
+    dup = ratings.duplicated(["user_id", "item_id"], keep="last")
+    if dup.any():
+        skipped["duplicate_user_item"] = int(dup.sum())
+        ratings = ratings[~dup]
+    ratings = ratings.reset_index(drop=True)
+    return Dataset(ratings=ratings, items=items, layout=layout, files=files, skipped=skipped)
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path}: file is empty")
+    return data
+
+
+def _read_ratings(path: Path, layout: _Layout) -> pd.DataFrame:
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8/ASCII text ({exc.reason})") from None
+    if layout.sep == "::":
+        text = text.replace("::", "\t")
+    sep = "\t" if layout.sep in ("\t", "::") else ","
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=0 if layout.header else None,
+            names=RATING_COLUMNS,
+            usecols=range(4),
+            dtype={
+                "user_id": "int64",
+                "item_id": "int64",
+                "rating": "float64",
+                "timestamp": "int64",
+            },
+            engine="c",
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise _diagnose_ratings(path, text, sep, layout.header, str(exc)) from None
+    if frame.isna().any().any():
+        raise _diagnose_ratings(path, text, sep, layout.header, "missing values")
+    if len(frame) == 0:
+        raise DataError(f"{path}: no rating rows")
+    if (frame["user_id"] <= 0).any() or (frame["item_id"] <= 0).any():
+        bad = int(np.flatnonzero((frame["user_id"] <= 0) | (frame["item_id"] <= 0))[0])
+        raise DataError(f"{path}:{bad + 1 + int(layout.header)}: ids must be positive integers")
+    frame["rating"] = frame["rating"].astype("float32")
+    return frame
+
+
+def _diagnose_ratings(path: Path, text: str, sep: str, header: bool, why: str) -> DataError:
+    """Find the first line pandas choked on, so the message can point at it."""
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if header and lineno == 1:
+            continue
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) < 4:
+            return DataError(
+                f"{path}:{lineno}: expected 4 fields, found {len(fields)}: {line!r:.80}"
+            )
+        for name, value in zip(RATING_COLUMNS, fields[:4], strict=True):
+            try:
+                int(value) if name in _INT_COLUMNS else float(value)
+            except ValueError:
+                return DataError(f"{path}:{lineno}: {name} is not a number: {value!r:.40}")
+    return DataError(f"{path}: could not parse ratings ({why})")
+
+
+def _read_items(path: Path, layout: _Layout) -> pd.DataFrame:
+    raw = _read_bytes(path)
+    if layout.name == "ml-latest":
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype={"movieId": "int64"})
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise DataError(f"{path}: could not parse movies ({exc})") from None
+        missing = {"movieId", "title", "genres"} - set(frame.columns)
+        if missing:
+            raise DataError(f"{path}:1: header lacks columns {sorted(missing)}")
+        frame = frame.rename(columns={"movieId": "item_id"})[["item_id", "title", "genres"]]
+        return frame.fillna({"title": "", "genres": ""})
+    # 100K and 1M catalogues are latin-1 (GroupLens' own README says so); 10M is UTF-8.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    sep = "|" if layout.name == "ml-100k" else "::"
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        min_fields = 5 + len(ML100K_GENRES) if layout.name == "ml-100k" else 3
+        if len(fields) < min_fields:
+            raise DataError(f"{path}:{lineno}: expected {min_fields} fields, found {len(fields)}")
+        try:
+            item_id = int(fields[0])
+        except ValueError:
+            raise DataError(
+                f"{path}:{lineno}: movie id is not a number: {fields[0]!r:.40}"
+            ) from None
+        if layout.name == "ml-100k":
+            flags = fields[5 : 5 + len(ML100K_GENRES)]
+            genres = "|".join(g for g, f in zip(ML100K_GENRES, flags, strict=True) if f == "1")
+        else:
+            genres = fields[2]
+        rows.append((item_id, fields[1], genres))
+    if not rows:
+        raise DataError(f"{path}: no movie rows")
+    return pd.DataFrame(rows, columns=["item_id", "title", "genres"]).astype({"item_id": "int64"})

@@ -1,0 +1,271 @@
+"""Dataset -> tuned, evaluated, published release of every requested model kind.
+
+For each kind: fit every candidate of its grid on train and score it on validation (early-stopping
+kinds stop on that validation set); refit the winner on train+validation and measure it on test
+(the numbers reported and stored); refit once more on all data and publish that model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_registry.registry import Registry
+from trainer.data import Dataset
+from trainer.errors import PublishRefused, TrainerError
+from trainer.evaluate import Metrics, evaluate, latency_ms
+from trainer.interactions import Interactions, Vocab, build_vocab, leave_last_out
+from trainer.models import MODELS, Scorer
+from trainer.models.popularity import PopularityParams
+from trainer.models.popularity import fit as fit_popularity
+
+log = logging.getLogger("trainer")
+
+_LIBRARIES = {"als": ("implicit",), "ncf": ("torch",)}
+_LATENCY_USERS = 200
+
+
+@dataclass
+class KindResult:
+    kind: str
+    params: dict[str, Any]
+    metrics: dict[str, float | int]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.metrics}
+
+
+@dataclass
+class Report:
+    version: str
+    registry: str
+    dataset: dict[str, Any]
+    results: list[KindResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "registry": self.registry,
+            "dataset": self.dataset,
+            "protocol": PROTOCOL,
+            "kinds": {
+                r.kind: {"params": r.params, "metrics": r.metrics, "trials": r.trials}
+                for r in self.results
+            },
+        }
+
+    def table(self) -> str:
+        head = (
+            f"{'kind':<11}{'HR@10':>8}{'NDCG@10':>9}{'cov@10':>8} |{'sHR@10':>8}{'sNDCG@10':>9}"
+            f" |{'train s':>8}{'MB':>7}{'p50 ms':>8}{'p95 ms':>8}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.results:
+            m = r.metrics
+            lines.append(
+                f"{r.kind:<11}{m['hr@10']:>8.4f}{m['ndcg@10']:>9.4f}{m['coverage@10']:>8.3f} |"
+                f"{m['sampled_hr@10']:>8.4f}{m['sampled_ndcg@10']:>9.4f} |"
+                f"{m['train_seconds']:>8.1f}{m['artifact_mb']:>7.2f}{m['p50_ms']:>8.3f}{m['p95_ms']:>8.3f}"
+            )
+        lines.append(
+            "HR/NDCG/cov: full ranking of all unseen items, leave-last-out test, ties "
+            "pessimistic. sHR/sNDCG: NCF paper's sampled protocol (1 + 99 negatives)."
+        )
+        return "\n".join(lines)
+
+
+PROTOCOL = (
+    "leave-last-out by (timestamp, item_id); last=test, second-to-last=validation; "
+    "tuned on validation, refit on train+validation, measured on test; full ranking of all "
+    "unseen items, top 10, ties pessimistic; sampled = test item + 99 seeded unseen items"
+)
+
+
+def git_sha() -> str:
+    if os.environ.get("GIT_SHA"):
+        return os.environ["GIT_SHA"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", sha) else "unknown"
+
+
+def _versions(kind: str) -> dict[str, str]:
+    names = ("numpy", "scipy", *_LIBRARIES.get(kind, ()))
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _check_finite(kind: str, scorer: Scorer) -> None:
+    for name, array in scorer.arrays().items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise PublishRefused(f"{kind}: artifact {name!r} has non-finite values; not publishing")
+    probe = np.arange(min(scorer.n_users, 64))
+    if probe.size and not np.isfinite(scorer.score_many(probe)).all():
+        raise PublishRefused(f"{kind}: produced non-finite scores for known users; not publishing")
+
+
+def _fallback(data: Interactions) -> np.ndarray:
+    """The ranking unknown users get: plain popularity of `data`, as the service serves it."""
+    return fit_popularity(data, PopularityParams(), np.random.default_rng(0)).global_scores()
+
+
+def train_release(
+    dataset: Dataset,
+    registry: Registry,
+    kinds: list[str],
+    seed: int = 0,
+    snapshot_id: str | None = None,
+) -> Report:
+    unknown = [k for k in kinds if k not in MODELS]
+    if unknown:
+        raise TrainerError(f"unknown model kind(s) {unknown}; choose from {sorted(MODELS)}")
+    if "popularity" not in kinds:
+        kinds = ["popularity", *kinds]  # the service's fallback for unknown users
+        log.info("adding popularity: every release carries it as the fallback for unknown users")
+    vocab = build_vocab(dataset.ratings)
+    data = Interactions.from_ratings(dataset.ratings, vocab)
+    split = leave_last_out(data)
+    log.info(
+        "data: %d interactions, %d users, %d items; split train %d / valid %d / test %d",
+        len(data),
+        vocab.n_users,
+        vocab.n_items,
+        len(split.train),
+        len(split.valid),
+        len(split.test),
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="marquee-release-") as tmp:
+        staging = Path(tmp)
+        for kind in kinds:
+            results.append(_train_kind(kind, data, split, seed, staging / kind))
+        _stage_vocab(staging / "vocab", vocab, data, dataset)
+        snapshot = snapshot_id or dataset.snapshot_id()
+        manifest = {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "git_sha": git_sha(),
+            "data_snapshot_id": snapshot,
+            "image_digest": os.environ.get("IMAGE_DIGEST") or None,
+            "dataset": dataset.stats(),
+            "protocol": PROTOCOL,
+            "kinds": {r.kind: {"params": r.params, "metrics": r.metrics} for r in results},
+            "gate": None,
+        }
+        version = registry.publish(staging, manifest)
+    log.info("published %s to %s", version, registry.uri)
+    return Report(version, registry.uri, dataset.stats(), results)
+
+
+def _train_kind(kind: str, data: Interactions, split: Any, seed: int, out: Path) -> KindResult:
+    spec = MODELS[kind]
+    fallback_train = _fallback(split.train)
+    trials = []
+    best: tuple[float, Any] = (-1.0, None)
+    candidates = spec.candidates()
+    for i, params in enumerate(candidates, start=1):
+        start = time.perf_counter()
+        scorer = spec.fit(split.train, params, np.random.default_rng(seed), split.valid)
+        resolved = scorer.resolved_params or params
+        m = evaluate(scorer, split.train, split.valid, fallback_train, sampled=False)
+        trials.append(
+            {"params": resolved.model_dump(mode="json"), "valid_ndcg@10": round(m.ndcg, 5)}
+        )
+        log.info(
+            "[%s] trial %d/%d valid NDCG@10 %.4f HR@10 %.4f (%.1fs) %s",
+            kind,
+            i,
+            len(candidates),
+            m.ndcg,
+            m.hr,
+            time.perf_counter() - start,
+            json.dumps(resolved.model_dump(mode="json")),
+        )
+        if m.ndcg > best[0]:
+            best = (m.ndcg, resolved)
+    chosen = best[1]
+    train_valid = split.train_valid
+    start = time.perf_counter()
+    scorer = spec.fit(train_valid, chosen, np.random.default_rng(seed), None)
+    train_seconds = time.perf_counter() - start
+    fallback_tv = _fallback(train_valid)
+    test: Metrics = evaluate(scorer, train_valid, split.test, fallback_tv, seed=seed)
+    users = np.random.default_rng(seed).choice(
+        data.n_users, size=min(_LATENCY_USERS, data.n_users), replace=False
+    )
+    timing = latency_ms(scorer, train_valid, users, fallback_tv)
+    log.info(
+        "[%s] test NDCG@10 %.4f HR@10 %.4f; refitting on all data to publish",
+        kind,
+        test.ndcg,
+        test.hr,
+    )
+    final = spec.fit(data, chosen, np.random.default_rng(seed), None)
+    _check_finite(kind, final)
+    names = final.save(out)
+    size_mb = sum((out / n).stat().st_size for n in names) / 1e6
+    metrics = {
+        **test.as_dict(),
+        "train_seconds": round(train_seconds, 2),
+        "artifact_mb": round(size_mb, 3),
+        **timing,
+    }
+    meta = {
+        "kind": kind,
+        "params": chosen.model_dump(mode="json"),
+        "metrics": metrics,
+        "libraries": _versions(kind),
+        "trials": trials,
+        "n_users": final.n_users,
+        "n_items": final.n_items,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return KindResult(kind, chosen.model_dump(mode="json"), metrics, trials)
+
+
+def _stage_vocab(out: Path, vocab: Vocab, data: Interactions, dataset: Dataset) -> None:
+    """Ids, each user's full history (for seen-item filtering) and the catalogue for titles."""
+    vocab.save(out)
+    history = data.matrix().tocsr()
+    np.save(out / "history_indptr.npy", history.indptr.astype(np.int64))
+    np.save(out / "history_indices.npy", history.indices.astype(np.int32))
+    items = dataset.items.set_index("item_id")
+    known = items.reindex(vocab.item_ids)
+    catalogue = {
+        str(int(i)): {
+            "title": str(t) if isinstance(t, str) else "",
+            "genres": str(g) if isinstance(g, str) else "",
+        }
+        for i, t, g in zip(vocab.item_ids, known["title"], known["genres"], strict=True)
+    }
+    (out / "catalogue.json").write_text(json.dumps(catalogue, ensure_ascii=False))
+    (out / "meta.json").write_text(
+        json.dumps({"kind": "vocab", "n_users": vocab.n_users, "n_items": vocab.n_items})
+    )
