@@ -35,7 +35,7 @@ serve: install
 	$(BIN)/python -m recommender --registry "$(REGISTRY)" --host $(HOST) --port $(PORT)
 
 ## Command 2: install dev dependencies, lint, run the whole suite with coverage.
-test: install lint
+test: install lint data
 	$(BIN)/python -m pytest --cov --cov-report=term-missing:skip-covered
 
 lint: install

@@ -35,6 +35,7 @@ def synthetic_ratings(
         other = [i for i in range(1, n_items + 1) if i % 2 != group]
         picks = list(rng.choice(own, size=per_user - 2, replace=False))
         picks += list(rng.choice(other, size=2, replace=False))
+        picks = [picks[i] for i in rng.permutation(len(picks))]  # off-taste picks anywhere in time
         for step, item in enumerate(picks):
             rows.append(
                 (user, int(item), int(rng.integers(1, 6)), 880_000_000 + user * 1000 + step)

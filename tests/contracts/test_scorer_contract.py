@@ -35,6 +35,7 @@ FAST_PARAMS: dict[str, dict] = {  # small, quick settings: the contract is about
         "batch_size": 32,
         "lr": 0.01,
         "weight_decay": 1e-3,
+        "recency_tau": None,
     },
 }
 

@@ -1,0 +1,110 @@
+"""The trainer's command line: what operators and CI run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_registry.registry import Registry
+from tests.helpers import REPO
+from trainer.__main__ import main
+from trainer.models import KINDS
+
+
+def test_release_layout_and_report(synthetic_release: dict) -> None:
+    registry = Registry.open(synthetic_release["registry"])
+    assert registry.versions() == ["v0.1"]
+    manifest = registry.manifest("v0.1")
+    assert set(manifest["parts"]) == {*KINDS, "vocab"}
+    assert manifest["data_snapshot_id"].startswith("movielens-ml-100k-")
+    assert manifest["dataset"]["ratings"] == 720 and manifest["gate"] is None
+    assert {"created_at", "git_sha", "image_digest", "protocol"} <= set(manifest)
+    report = synthetic_release["report"]
+    for kind in KINDS:
+        meta = json.loads(registry.store.get(f"v0.1/{kind}/meta.json"))
+        assert meta["kind"] == kind and meta["files"] and meta["trials"]
+        assert meta["params"] == report["kinds"][kind]["params"]
+        assert meta["libraries"]["numpy"]
+        metrics = manifest["kinds"][kind]["metrics"]
+        for key in ("hr@10", "ndcg@10", "coverage@10", "sampled_hr@10", "sampled_ndcg@10",
+                    "train_seconds", "artifact_mb", "p50_ms", "p95_ms"):  # fmt: skip
+            assert key in metrics
+    assert "torch" in json.loads(registry.store.get("v0.1/ncf/meta.json"))["libraries"]
+    assert registry.store.get("latest.txt") == b"v0.1\n"
+
+
+def test_models_learn_the_synthetic_taste_groups(synthetic_release: dict) -> None:
+    """Two taste groups: every personalised kind must beat popularity on the sampled protocol."""
+    kinds = synthetic_release["report"]["kinds"]
+    pop = kinds["popularity"]["metrics"]["sampled_hr@10"]
+    for kind in ("itemcf", "als", "ncf"):
+        assert kinds[kind]["metrics"]["sampled_hr@10"] > pop, kind
+
+
+def test_ncf_records_its_early_stopped_epochs(synthetic_release: dict) -> None:
+    ncf = synthetic_release["report"]["kinds"]["ncf"]
+    assert 1 <= ncf["params"]["epochs"] <= 30
+    assert all("valid_ndcg@10" in t for t in ncf["trials"])
+
+
+def test_second_publish_is_next_version(synthetic_release: dict, tmp_path: Path) -> None:
+    registry = (tmp_path / "reg").as_uri()
+    args = ["train", "--data", str(synthetic_release["data"]), "--registry", registry]
+    assert main([*args, "--kinds", "popularity"]) == 0
+    assert main([*args, "--kinds", "popularity,itemcf"]) == 0
+    assert Registry.open(registry).versions() == ["v0.1", "v0.2"]
+    assert set(Registry.open(registry).manifest("v0.2")["kinds"]) == {"popularity", "itemcf"}
+
+
+def test_popularity_is_always_included(synthetic_release: dict, tmp_path: Path) -> None:
+    registry = (tmp_path / "reg").as_uri()
+    data = str(synthetic_release["data"])
+    assert main(["train", "--data", data, "--registry", registry, "--kinds", "itemcf"]) == 0
+    assert set(Registry.open(registry).manifest("v0.1")["kinds"]) == {"popularity", "itemcf"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kinds", "svd"], "unknown model kind"),
+        (["--registry", "ftp://x/y"], "unsupported store"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(synthetic_release: dict, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture, args: list[str],
+                                             message: str) -> None:  # fmt: skip
+    base = {"--data": str(synthetic_release["data"]), "--registry": (tmp_path / "r").as_uri()}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["train"] + [x for pair in base.items() for x in pair]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_a_clean_error(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(tmp_path / "nope"),
+         "--registry", (tmp_path / "r").as_uri()],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "not a directory" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_malformed_data_file_is_a_clean_error(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "u.data").write_text("1\t1\t5\t1\n1\tX\t5\t1\n")
+    (folder / "u.item").write_text("1|A|x||u|" + "|".join(["0"] * 19) + "\n")
+    assert main(["train", "--data", str(folder), "--registry", (tmp_path / "r").as_uri()]) == 2
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
