@@ -2,9 +2,10 @@
 
 Training: each interaction against `negatives` uniformly sampled items the user has not
 interacted with, Adam, seeded; the loss is pointwise binary cross-entropy (the paper's) or BPR
-(the positive should outrank each of its negatives), chosen on validation. Given a validation set, it evaluates full-ranking
-NDCG@10 after each epoch, keeps the best weights and stops after `patience` epochs without gain;
-the chosen epoch count is pinned in `resolved_params` so refits train exactly that long.
+(the positive should outrank each of its negatives). Given a validation set, it evaluates
+full-ranking NDCG@10 after each epoch, keeps the best weights and stops after `patience`
+epochs without gain; the chosen epoch count is pinned in `resolved_params` so refits train
+exactly that long.
 
 Serving never imports torch: the weights are exported as .npy and `NCFScorer` runs the forward
 pass in numpy. The MLP's first layer is split into its user and item halves, and the item half is
