@@ -5,6 +5,8 @@
     <root>/vX.Y/<part>/*.npy      artifact files
     <root>/vX.Y/manifest.json     written LAST; holds the sha256 of every meta.json
     <root>/latest.txt             newest complete release (a hint; readers list manifests)
+    <root>/production.json        the release in production: {version, at, by, reason}
+    <root>/audit/<log>/<ms>-<id>.json   append-only audit events (switches, weight changes)
 
 A version without a manifest does not exist for readers, so a crashed publish is invisible, and
 two publishers can never share a number because the claim is a create-if-absent.
@@ -18,17 +20,20 @@ import os
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from model_registry.errors import (
     BlobNotFound,
+    InvalidKey,
     InvalidVersion,
     ReleaseCorrupt,
     ReleaseNotFound,
 )
 from model_registry.storage import BlobStore, open_store
 
+AUDIT_LOG = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 FORMAT_MAJOR = 0  # grows when the artifact format changes incompatibly
 VERSION_RE = re.compile(r"^v(\d{1,6})\.(\d{1,9})$")
 MANIFEST = "manifest.json"
@@ -163,3 +168,48 @@ class Registry:
         newest = self.latest() or version
         self.store.put("latest.txt", f"{newest}\n".encode())
         return version
+
+    # ---- production pointer and audit log ---------------------------------------------------
+    def production(self) -> dict[str, Any] | None:
+        """What production.json says is in production (None before the first switch)."""
+        try:
+            record = json.loads(self.store.get("production.json"))
+        except BlobNotFound:
+            return None
+        except ValueError:
+            raise ReleaseCorrupt("production.json is not valid JSON") from None
+        if not isinstance(record, dict) or not VERSION_RE.match(str(record.get("version", ""))):
+            raise ReleaseCorrupt("production.json does not name a valid version")
+        return record
+
+    def set_production(
+        self, version: str, by: str, reason: str, previous: str | None = None
+    ) -> dict[str, Any]:
+        """Point production at a complete release and audit who/when/from/to/why.
+
+        `previous` is what the caller was serving; by default, what production.json said.
+        """
+        self.manifest(version)  # refuses anything that is not a complete release
+        if previous is None:
+            record_before = self.production()
+            previous = record_before["version"] if record_before else None
+        record = {"version": version, "at": time.time(), "by": by, "reason": reason}
+        self.store.put("production.json", _dumps(record))
+        old = previous
+        self.append_audit("switches", {**record, "from": old, "to": version})
+        return record
+
+    def append_audit(self, log: str, event: dict[str, Any]) -> str:
+        """Write one immutable event; keys sort by time, so listing them is the history."""
+        if not AUDIT_LOG.match(log):
+            raise InvalidKey(f"invalid audit log name {log!r}")
+        key = f"audit/{log}/{int(time.time() * 1000):015d}-{uuid.uuid4().hex[:12]}.json"
+        self.store.put(key, _dumps({"at": time.time(), **event}))
+        return key
+
+    def audit(self, log: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` events of an audit log, oldest first."""
+        if not AUDIT_LOG.match(log):
+            raise InvalidKey(f"invalid audit log name {log!r}")
+        keys = self.store.list(f"audit/{log}/")[-limit:] if limit > 0 else []
+        return [json.loads(self.store.get(k)) for k in keys]

@@ -1,10 +1,12 @@
-"""`python -m recommender --registry URI [--host H --port P]`: serve the newest release."""
+"""`python -m recommender --registry URI [--host H --port P]`: serve a release over HTTP."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import sys
+
+from pydantic import ValidationError
 
 from recommender.settings import ServiceSettings
 
@@ -16,32 +18,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", help="bind address (env REC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (env REC_PORT, default 8080)")
+    parser.add_argument("--version", dest="release", help="serve this release (env REC_VERSION)")
     parser.add_argument(
-        "--version", dest="release", help="serve this release instead of the newest"
+        "--experiment-file", help="A/B experiment, JSON or YAML (env REC_EXPERIMENT_FILE)"
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(
-        level=os.environ.get("REC_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     overrides = {
-        k: v
-        for k, v in {
-            "registry": args.registry,
-            "host": args.host,
-            "port": args.port,
-            "version": args.release,
-        }.items()
-        if v is not None
+        "registry": args.registry,
+        "host": args.host,
+        "port": args.port,
+        "version": args.release,
+        "experiment_file": args.experiment_file,
     }
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
     from recommender.app import create_app
+    from recommender.telemetry import configure_logging
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+    )
     return 0
 
 

@@ -1,31 +1,35 @@
-"""FastAPI application: /recommend, /healthz, /readyz, with JSON errors and provenance."""
+"""FastAPI application: recommendations, A/B routing, hot swap, health, metrics, JSON errors."""
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
-import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model_registry.registry import Registry
-from recommender.errors import NotReady, ServiceError
-from recommender.recommend import recommend
-from recommender.release import LoadedRelease, load_release
+from model_registry.registry import VERSION_RE
+from recommender.errors import InvalidRequest, ServiceError
+from recommender.recommend import Answer, recommend, recommend_for_history
+from recommender.release import LoadedRelease
+from recommender.service import Service
 from recommender.settings import ServiceSettings
+from recommender.telemetry import RequestMiddleware
 
 log = logging.getLogger("recommender")
 
-MAX_USER_ID = 2**63 - 1
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_ID = 2**63 - 1
+_ACTOR = re.compile(r"^[A-Za-z0-9@._:-]{1,64}$")
 
 
 class JSONResponse(Response):
@@ -39,48 +43,65 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-class State:
-    """What the app serves: the active release (one reference, swapped whole)."""
+class HistoryRequest(BaseModel):
+    """An anonymous user's recent movies (oldest first), optionally with their ratings."""
 
-    def __init__(self, settings: ServiceSettings, registry: Registry) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.release: LoadedRelease | None = None
-        self.started = time.time()
+    model_config = ConfigDict(extra="forbid")
 
-    def active(self) -> LoadedRelease:
-        if self.release is None:
-            raise NotReady("no release is loaded yet")
-        return self.release
+    movie_ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=1, max_length=500)
+    ratings: list[Annotated[float, Field(ge=0.5, le=5.0)]] | None = Field(
+        default=None, max_length=500
+    )
+    k: int = Field(default=10, ge=1, le=100)
+    model: str | None = Field(default=None, max_length=64)
 
-    def load(self, version: str | None = None) -> LoadedRelease:
-        version = version or self.registry.latest()
-        if version is None:
-            raise NotReady(f"the registry {self.registry.uri} has no complete release")
-        cache = Path(self.settings.cache_dir) if self.settings.cache_dir else None
-        release = load_release(self.registry, version, cache)
-        self.release = release
-        log.info("serving release %s", version)
-        return release
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(max_length=32)
+    reason: str = Field(default="", max_length=500)
+
+
+class WeightsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[Annotated[str, Field(max_length=64)], Annotated[float, Field(ge=0, le=1e6)]] = (
+        Field(min_length=1, max_length=32)
+    )
+    reason: str = Field(default="", max_length=500)
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
-    state = State(settings, Registry.open(settings.registry))
+    service = Service(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            state.load(settings.version)
-        except ServiceError as exc:  # keep running: /readyz says 503 until a release is there
+            await run_in_threadpool(service.start)
+        except ServiceError as exc:  # keep running: /readyz answers 503 until a release loads
             log.error("no release loaded at start: %s", exc.detail)
         yield
+        service.stop()
 
     app = FastAPI(
-        title="Marquee recommender", lifespan=lifespan, default_response_class=JSONResponse
+        title="Marquee recommender",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
     )
-    app.state.marquee = state
+    app.state.service = service
+    app.add_middleware(
+        RequestMiddleware, telemetry=service.telemetry, max_body=settings.max_body_bytes
+    )
+    _error_handlers(app)
+    _public_routes(app, service)
+    _admin_routes(app, service)
+    return app
 
+
+def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return _error(exc.status, exc.code, exc.detail)
@@ -95,7 +116,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return _error(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -103,58 +126,202 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         log.exception("unexpected error")  # the trace goes to the log, never to the client
         return _error(500, "internal_error", "unexpected error; see the service log")
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        release = state.release
-        return {
-            "status": "ok",
-            "version": release.version if release else None,
-            "uptime_s": round(time.time() - state.started, 1),
-        }
 
-    @app.get("/readyz")
-    async def readyz() -> dict[str, Any]:
-        release = state.active()
-        return {"status": "ready", "version": release.version, "models": sorted(release.scorers)}
+def _answer_body(
+    request: Request,
+    service: Service,
+    release: LoadedRelease,
+    answer: Answer,
+    user_id: int | None,
+    arm: str | None,
+    started: float,
+) -> dict[str, Any]:
+    manifest = release.manifest
+    request.state.labels = {
+        "model": answer.kind,
+        "version": release.version,
+        "arm": arm or "",
+        "fallback": answer.fallback or "",
+    }
+    latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    body = {
+        "user_id": user_id,
+        "model": answer.kind,
+        "version": release.version,
+        "arm": arm,
+        "fallback": answer.fallback,
+        "items": answer.item_ids,
+        "recommendations": [
+            {"movie_id": i, "title": t, "score": s}
+            for i, t, s in zip(answer.item_ids, answer.titles, answer.scores, strict=True)
+        ],
+        "provenance": {
+            "request_id": request.state.request_id,
+            "timestamp": int(time.time() * 1000),
+            "model_name": answer.kind,
+            "model_version": release.version,
+            "git_sha": manifest.get("git_sha"),
+            "data_snapshot_id": manifest.get("data_snapshot_id"),
+            "container_image_digest": manifest.get("image_digest"),
+            "latency_ms": latency_ms,
+        },
+    }
+    if service.publisher is not None:
+        service.publisher.publish(
+            {
+                "user_id": user_id,
+                "items": answer.item_ids,
+                "model": answer.kind,
+                "version": release.version,
+                "arm": arm,
+                "fallback": answer.fallback,
+                "latency_ms": latency_ms,
+                "request_id": request.state.request_id,
+                "ts": body["provenance"]["timestamp"],
+            }
+        )
+    return body
 
+
+def _public_routes(app: FastAPI, service: Service) -> None:
     @app.get("/recommend/{user_id}")
-    async def recommend_endpoint(
+    async def recommend_user(
         request: Request,
         user_id: int,
         k: Annotated[int, Query(ge=1, le=100)] = 10,
         model: Annotated[str | None, Query(max_length=64)] = None,
     ) -> JSONResponse:
         started = time.perf_counter()
-        if not 1 <= user_id <= MAX_USER_ID:
-            return _error(422, "invalid_request", f"user_id must be between 1 and {MAX_USER_ID}")
-        release = state.active()  # one read: the whole answer comes from one release
-        kind = model or settings.default_model
+        if not 1 <= user_id <= MAX_ID:
+            raise InvalidRequest(f"user_id must be between 1 and {MAX_ID}")
+        release, kind, arm = service.route(user_id, model)  # one release for the whole answer
         answer = recommend(release, user_id, k, kind)
-        manifest = release.manifest
-        rid = request.headers.get("x-request-id", "")
-        rid = rid if _REQUEST_ID.match(rid) else uuid.uuid4().hex
-        body = {
-            "user_id": user_id,
-            "model": answer.kind,
-            "version": release.version,
-            "arm": None,
-            "fallback": answer.fallback,
-            "items": answer.item_ids,
-            "recommendations": [
-                {"movie_id": i, "title": t, "score": s}
-                for i, t, s in zip(answer.item_ids, answer.titles, answer.scores, strict=True)
-            ],
-            "provenance": {
-                "request_id": rid,
-                "timestamp": int(time.time() * 1000),
-                "model_name": answer.kind,
-                "model_version": release.version,
-                "git_sha": manifest.get("git_sha"),
-                "data_snapshot_id": manifest.get("data_snapshot_id"),
-                "container_image_digest": manifest.get("image_digest"),
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        }
-        return JSONResponse(body, headers={"X-Request-ID": rid})
+        arm_name = arm.name if arm else None
+        return JSONResponse(
+            _answer_body(request, service, release, answer, user_id, arm_name, started)
+        )
 
-    return app
+    @app.post("/recommend")
+    async def recommend_history(request: Request, body: HistoryRequest) -> JSONResponse:
+        started = time.perf_counter()
+        if body.ratings is not None and len(body.ratings) != len(body.movie_ids):
+            raise InvalidRequest("ratings must have one value per movie id")
+        weights = [r / 5.0 for r in body.ratings] if body.ratings else [1.0] * len(body.movie_ids)
+        release, kind, _ = service.route(None, body.model)
+        answer = recommend_for_history(release, body.movie_ids, weights, body.k, kind)
+        out = _answer_body(request, service, release, answer, None, None, started)
+        out["ignored_movie_ids"] = answer.ignored
+        return JSONResponse(out)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        release = service.pool.active
+        return {"status": "ok", "version": release.version if release else None}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, Any]:
+        release = service.pool.current()
+        return {"status": "ready", "version": release.version, "models": sorted(release.scorers)}
+
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        return service.pool.current().manifest
+
+    @app.get("/releases")
+    async def releases() -> dict[str, Any]:
+        active = service.pool.active.version if service.pool.active else None
+        return {
+            "active": active,
+            "max_loaded": service.pool.max_loaded,
+            "loaded": [
+                {
+                    "version": r.version,
+                    "active": r.version == active,
+                    "memory_bytes": r.nbytes(),
+                    "models": sorted(r.scorers),
+                    "pinned": r.version in service.pool.pinned,
+                }
+                for r in service.pool.loaded()
+            ],
+        }
+
+    @app.get("/experiment")
+    async def experiment() -> dict[str, Any]:
+        if service.experiment is None:
+            return {"configured": False, "default_model": service.settings.default_model}
+        return {
+            "configured": True,
+            **service.experiment.describe(),
+            "history": service.registry.audit("experiment", limit=20),
+        }
+
+    @app.get("/switch/history")
+    async def switch_history(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        return {"history": await run_in_threadpool(service.registry.audit, "switches", limit)}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _actor(x_actor: str | None, request: Request) -> str:
+    who = x_actor if x_actor and _ACTOR.match(x_actor) else "admin"
+    host = request.client.host if request.client else "unknown"
+    return f"{who}@{host}"
+
+
+def _check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise InvalidRequest(f"version must look like v0.3, got {version[:40]!r}")
+    return version
+
+
+def _admin_routes(app: FastAPI, service: Service) -> None:
+    @app.post("/switch")
+    async def switch(
+        request: Request,
+        body: SwitchRequest,
+        authorization: Annotated[str | None, Header()] = None,
+        x_actor: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        service.check_admin(authorization)
+        version = _check_version(body.version)
+        return await run_in_threadpool(
+            service.switch, version, _actor(x_actor, request), body.reason
+        )
+
+    @app.get("/switch")
+    async def switch_legacy(
+        request: Request,
+        model: Annotated[str, Query(max_length=32)],
+        authorization: Annotated[str | None, Header()] = None,
+        x_actor: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        """The older contract: GET /switch?model=v0.3 (same checks, same audit)."""
+        service.check_admin(authorization)
+        version = _check_version(model)
+        return await run_in_threadpool(
+            service.switch, version, _actor(x_actor, request), "GET /switch"
+        )
+
+    @app.post("/releases/{version}")
+    async def load_release(
+        version: str, authorization: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        service.check_admin(authorization)
+        release = await run_in_threadpool(service.load_candidate, _check_version(version))
+        return {"version": release.version, "memory_bytes": release.nbytes()}
+
+    @app.put("/experiment/weights")
+    async def set_weights(
+        request: Request,
+        body: WeightsRequest,
+        authorization: Annotated[str | None, Header()] = None,
+        x_actor: Annotated[str | None, Header()] = None,
+    ) -> dict[str, Any]:
+        service.check_admin(authorization)
+        if not all(math.isfinite(w) for w in body.weights.values()):
+            raise InvalidRequest("weights must be finite")
+        return await run_in_threadpool(
+            service.set_weights, body.weights, _actor(x_actor, request), body.reason
+        )

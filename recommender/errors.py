@@ -23,3 +23,23 @@ class UnknownModel(ServiceError):
 class ReleaseRefused(ServiceError):
     status = 409
     code = "release_refused"
+
+
+class ReleaseNotFound(ServiceError):
+    status = 404
+    code = "release_not_found"
+
+
+class ReleaseNotLoaded(ServiceError):
+    status = 404
+    code = "release_not_loaded"
+
+
+class InvalidRequest(ServiceError):
+    status = 422
+    code = "invalid_request"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"

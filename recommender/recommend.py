@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from recommender.errors import UnknownModel
 from recommender.release import LoadedRelease
-from trainer.models import top_n
+from trainer.models import Scorer, top_n
 
 
 @dataclass(frozen=True)
@@ -18,38 +18,65 @@ class Answer:
     scores: list[float]
     titles: list[str]
     fallback: str | None
+    ignored: list[int] = field(default_factory=list)  # given movie ids the release does not know
 
 
-def recommend(release: LoadedRelease, user_id: int, k: int, kind: str) -> Answer:
+def scorer_for(release: LoadedRelease, kind: str) -> Scorer:
     scorer = release.scorers.get(kind)
     if scorer is None:
         raise UnknownModel(
             f"model {kind!r} is not in release {release.version}; "
             f"available: {sorted(release.scorers)}"
         )
+    return scorer
+
+
+def recommend(release: LoadedRelease, user_id: int, k: int, kind: str) -> Answer:
+    """Top-k for a known or unknown user id; an unknown user gets popularity."""
+    scorer = scorer_for(release, kind)
     user_idx = release.vocab.user_index(user_id)
-    seen = release.seen(user_idx)
+    scores = scorer.score(user_idx) if user_idx >= 0 else None
+    return _answer(release, kind, scores, release.seen(user_idx), k)
+
+
+def recommend_for_history(
+    release: LoadedRelease, movie_ids: list[int], weights: list[float], k: int, kind: str
+) -> Answer:
+    """Top-k for an anonymous user from the movies they just watched (fold-in where possible)."""
+    scorer = scorer_for(release, kind)
+    idxs = np.array([release.vocab.item_index(m) for m in movie_ids], dtype=np.int64)
+    known = idxs >= 0
+    ignored = [m for m, ok in zip(movie_ids, known, strict=True) if not ok]
+    items, w = idxs[known], np.asarray(weights, dtype=np.float32)[known]
+    scores = scorer.score_history(items, w) if items.size else None
+    answer = _answer(release, kind, scores, items, k)
+    return Answer(
+        answer.kind, answer.item_ids, answer.scores, answer.titles, answer.fallback, ignored
+    )
+
+
+def _answer(
+    release: LoadedRelease, kind: str, scores: np.ndarray | None, exclude: np.ndarray, k: int
+) -> Answer:
     fallback = None
-    if user_idx < 0:
-        items, scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-        fallback = "popularity"
+    if scores is None:
+        items, values = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     else:
-        items, scores = top_n(scorer.score(user_idx), k, exclude=seen)
+        items, values = top_n(scores, k, exclude=exclude)
     if items.size < k:
         # The model could not fill the list (unknown user, NaN scores): popularity fills the rest.
-        fallback = "popularity"
-        extra_items, extra_scores = top_n(
+        more, more_values = top_n(
             release.popularity.global_scores(),
             k - items.size,
-            exclude=np.concatenate([seen, items]),
+            exclude=np.concatenate([exclude, items]),
         )
-        items = np.concatenate([items, extra_items])
-        scores = np.concatenate([scores, extra_scores])
-    ids = release.vocab.item_ids[items]
+        fallback = "popularity" if more.size else None
+        items = np.concatenate([items, more])
+        values = np.concatenate([values, more_values])
     return Answer(
         kind=kind,
-        item_ids=[int(i) for i in ids],
-        scores=[round(float(s), 6) for s in scores],
+        item_ids=[int(i) for i in release.vocab.item_ids[items]],
+        scores=[round(float(s), 6) for s in values],
         titles=[release.titles[i] for i in items],
         fallback=fallback,
     )

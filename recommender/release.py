@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from model_registry.errors import RegistryError
+from model_registry.errors import InvalidVersion, RegistryError
+from model_registry.errors import ReleaseNotFound as RegistryNotFound
 from model_registry.registry import Registry
-from recommender.errors import ReleaseRefused
+from recommender.errors import ReleaseNotFound, ReleaseRefused
 from trainer.interactions import Vocab
 from trainer.models import MODELS, Scorer
 from trainer.models.popularity import PopularityScorer
@@ -58,7 +59,9 @@ def load_release(registry: Registry, version: str, cache_dir: Path | None = None
     with tempfile.TemporaryDirectory(prefix=f"marquee-{version}-", dir=cache_dir) as tmp:
         try:
             manifest = registry.fetch(version, Path(tmp))
-        except RegistryError as exc:
+        except (RegistryNotFound, InvalidVersion) as exc:
+            raise ReleaseNotFound(str(exc)) from None
+        except RegistryError as exc:  # corrupt, partial, unreadable: refuse, keep serving the old
             raise ReleaseRefused(str(exc)) from None
         return _load_fetched(version, manifest, Path(tmp))
 

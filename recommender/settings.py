@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.models import KINDS
@@ -12,11 +12,21 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REC_", extra="ignore")
 
     registry: str = "file:///var/lib/marquee/registry"
-    version: str | None = None  # None: the newest complete release
+    version: str | None = None  # None: production.json's release, else the newest
     default_model: str = "als"
-    cache_dir: str | None = None  # where fetched releases are unpacked (a temp dir if unset)
+    candidates: str = ""  # comma separated versions to keep loaded beside the active one
+    max_loaded: int = Field(default=3, ge=1, le=32)
+    cache_dir: str | None = None  # where fetched releases are unpacked while loading
+    admin_token: SecretStr | None = None  # bearer token for /switch and weight changes
+    experiment: str | None = None  # experiment config as JSON
+    experiment_file: str | None = None  # ... or as a JSON/YAML file
+    kafka_brokers: str | None = None  # set to publish every answer to `responses_topic`
+    responses_topic: str = "reco_responses"
+    publish_queue: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     host: str = "127.0.0.1"
     port: int = 8080
+    log_level: str = "INFO"
 
     @field_validator("default_model")
     @classmethod
@@ -24,3 +34,6 @@ class ServiceSettings(BaseSettings):
         if value not in KINDS:
             raise ValueError(f"default_model must be one of {list(KINDS)}")
         return value
+
+    def candidate_versions(self) -> list[str]:
+        return [v.strip() for v in self.candidates.split(",") if v.strip()]

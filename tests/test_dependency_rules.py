@@ -50,6 +50,12 @@ def test_service_does_not_import_training_libraries(tmp_path: Path) -> None:
         "heavy = ('torch', 'implicit', 'pandas')\n"
         "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert json.loads(out.stdout) == []

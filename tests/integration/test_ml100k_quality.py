@@ -36,10 +36,23 @@ def trained(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     registry = (root / "registry").as_uri()
     report = root / "report.json"
     out = subprocess.run(
-        [python(), "-m", "trainer", "train", "--data", str(ml100k_dir), "--registry", registry,
-         "--report", str(report)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            python(),
+            "-m",
+            "trainer",
+            "train",
+            "--data",
+            str(ml100k_dir),
+            "--registry",
+            registry,
+            "--report",
+            str(report),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "published v0.1" in out.stdout and "NDCG@10" in out.stdout
     return {"registry": registry, "report": json.loads(report.read_text())}
@@ -59,8 +72,9 @@ def test_best_kind_beats_0054(trained: dict) -> None:
 def test_every_kind_served_over_http_as_measured(trained: dict) -> None:
     release = load_release(Registry.open(trained["registry"]), "v0.1")
     port = free_port()
-    proc = start([python(), "-m", "recommender", "--registry", trained["registry"],
-                  "--port", str(port)])  # fmt: skip
+    proc = start(
+        [python(), "-m", "recommender", "--registry", trained["registry"], "--port", str(port)]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/readyz", timeout=120, proc=proc)

@@ -27,8 +27,18 @@ def get(url: str) -> tuple[int, dict]:
 def served(synthetic_release: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "service.log"
-    proc = start([python(), "-m", "recommender", "--registry", synthetic_release["registry"],
-                  "--port", str(port)], log=log)  # fmt: skip
+    proc = start(
+        [
+            python(),
+            "-m",
+            "recommender",
+            "--registry",
+            synthetic_release["registry"],
+            "--port",
+            str(port),
+        ],
+        log=log,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/readyz", timeout=60, proc=proc)
@@ -53,8 +63,12 @@ def test_every_kind_serves_the_evaluated_ranking_over_http(
 
 
 def test_errors_over_http_are_json_4xx(served: str) -> None:
-    for path, status in (("/recommend/x", 422), ("/recommend/1?k=1000", 422),
-                         ("/recommend/1?model=nope", 404), ("/v0.1/../../etc", 404)):  # fmt: skip
+    for path, status in (
+        ("/recommend/x", 422),
+        ("/recommend/1?k=1000", 422),
+        ("/recommend/1?model=nope", 404),
+        ("/v0.1/../../etc", 404),
+    ):
         code, body = get(served + path)
         assert code == status and set(body) == {"error", "detail"}
 

@@ -30,8 +30,17 @@ def test_release_layout_and_report(synthetic_release: dict) -> None:
         assert meta["params"] == report["kinds"][kind]["params"]
         assert meta["libraries"]["numpy"]
         metrics = manifest["kinds"][kind]["metrics"]
-        for key in ("hr@10", "ndcg@10", "coverage@10", "sampled_hr@10", "sampled_ndcg@10",
-                    "train_seconds", "artifact_mb", "p50_ms", "p95_ms"):  # fmt: skip
+        for key in (
+            "hr@10",
+            "ndcg@10",
+            "coverage@10",
+            "sampled_hr@10",
+            "sampled_ndcg@10",
+            "train_seconds",
+            "artifact_mb",
+            "p50_ms",
+            "p95_ms",
+        ):
             assert key in metrics
     assert "torch" in json.loads(registry.store.get("v0.1/ncf/meta.json"))["libraries"]
     assert registry.store.get("latest.txt") == b"v0.1\n"
@@ -74,9 +83,13 @@ def test_popularity_is_always_included(synthetic_release: dict, tmp_path: Path) 
         (["--registry", "ftp://x/y"], "unsupported store"),
     ],
 )
-def test_bad_arguments_exit_2_with_a_message(synthetic_release: dict, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture, args: list[str],
-                                             message: str) -> None:  # fmt: skip
+def test_bad_arguments_exit_2_with_a_message(
+    synthetic_release: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    args: list[str],
+    message: str,
+) -> None:
     base = {"--data": str(synthetic_release["data"]), "--registry": (tmp_path / "r").as_uri()}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
@@ -87,10 +100,21 @@ def test_bad_arguments_exit_2_with_a_message(synthetic_release: dict, tmp_path: 
 
 def test_missing_data_folder_is_a_clean_error(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "trainer", "train", "--data", str(tmp_path / "nope"),
-         "--registry", (tmp_path / "r").as_uri()],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "trainer",
+            "train",
+            "--data",
+            str(tmp_path / "nope"),
+            "--registry",
+            (tmp_path / "r").as_uri(),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "error:" in out.stderr and "not a directory" in out.stderr
     assert "Traceback" not in out.stderr

@@ -29,26 +29,50 @@ class ALSScorer(Scorer):
     kind = "als"
 
     def __init__(
-        self, user_factors: np.ndarray, item_factors: np.ndarray, regularization: float = 0.05
+        self,
+        user_factors: np.ndarray,
+        item_factors: np.ndarray,
+        regularization: float = 0.05,
+        confidence: float = 1.0,
     ) -> None:
         super().__init__(n_users=user_factors.shape[0], n_items=item_factors.shape[0])
         self.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
         self.regularization = float(regularization)
+        self.confidence = float(confidence)  # typical training confidence, for fold-in
+        self._gram = self.item_factors.T @ self.item_factors  # Y^T Y, shared by every fold-in
 
     def _score_known(self, user_idxs: np.ndarray) -> np.ndarray:
         return self.user_factors[user_idxs] @ self.item_factors.T
+
+    def score_history(self, item_idxs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Fold-in: the user vector ALS itself would solve for, given only these items.
+
+        x = (YᵀY + Yᵤᵀ(Cᵤ - I)Yᵤ + λI)⁻¹ Yᵤᵀ Cᵤ 1, with confidence c = 1 + confidence * weight.
+        """
+        y = self.item_factors[item_idxs].astype(np.float64)
+        c = 1.0 + self.confidence * np.asarray(weights, dtype=np.float64)
+        a = self._gram + (y.T * (c - 1.0)) @ y + self.regularization * np.eye(y.shape[1])
+        x = np.linalg.solve(a, y.T @ c)
+        return (self.item_factors @ x.astype(np.float32)).astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {
             "user_factors": self.user_factors,
             "item_factors": self.item_factors,
             "regularization": np.array(self.regularization, dtype=np.float32),
+            "confidence": np.array(self.confidence, dtype=np.float32),
         }
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ALSScorer:
-        return cls(arrays["user_factors"], arrays["item_factors"], float(arrays["regularization"]))
+        confidence = float(arrays["confidence"]) if "confidence" in arrays else 1.0
+        return cls(
+            arrays["user_factors"],
+            arrays["item_factors"],
+            float(arrays["regularization"]),
+            confidence,
+        )
 
 
 def confidence(data: Interactions, params: ALSParams):  # -> scipy csr
@@ -82,9 +106,14 @@ def fit(
             random_state=int(rng.integers(2**31 - 1)),
             num_threads=1,  # one thread: identical factors for identical seeds
         )
-        model.fit(confidence(data, params), show_progress=False)
+        conf = confidence(data, params)
+        model.fit(conf, show_progress=False)
+    typical = float(np.median(conf.data)) if conf.nnz else 1.0
     return ALSScorer(
-        np.asarray(model.user_factors), np.asarray(model.item_factors), params.regularization
+        np.asarray(model.user_factors),
+        np.asarray(model.item_factors),
+        params.regularization,
+        typical,
     )
 
 

@@ -49,6 +49,10 @@ class Scorer(ABC):
     def _score_known(self, user_idxs: np.ndarray) -> np.ndarray:
         """float32[len(user_idxs), n_items] for users inside the vocabulary."""
 
+    def score_history(self, item_idxs: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+        """Scores for a user the model never saw, from their items; None if this kind cannot."""
+        return None
+
     @abstractmethod
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything `load` needs, as plain arrays (saved as .npy, never pickled)."""

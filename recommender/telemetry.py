@@ -1,0 +1,184 @@
+"""Prometheus metrics, one structured JSON log line per request, and request ids.
+
+`Telemetry` owns its own CollectorRegistry (one per app), so several apps in one process (tests)
+never collide. `RequestMiddleware` is plain ASGI: it assigns or accepts X-Request-ID, echoes it,
+times the request, and after the handler has run reads the labels the handler left in
+`scope["state"]["labels"]` (model, version, arm, fallback) for the metrics and the log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from recommender.release import LoadedRelease
+
+access_log = logging.getLogger("recommender.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+LABELS = ("endpoint", "model", "version", "arm", "status", "fallback")
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "marquee_requests_total", "HTTP requests answered", LABELS, registry=r
+        )
+        self.latency = Histogram(
+            "marquee_request_duration_seconds",
+            "Time to answer",
+            LABELS,
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "marquee_model_info",
+            "The active release (only it is 1)",
+            ("version", "git_sha", "data_snapshot_id", "image_digest"),
+            registry=r,
+        )
+        self.swaps = Counter("marquee_swaps_total", "Release switches", ("result",), registry=r)
+        self.loaded = Gauge("marquee_loaded_releases", "Releases held in memory", registry=r)
+        self.release_bytes = Gauge(
+            "marquee_release_memory_bytes", "Array bytes of a release", ("version",), registry=r
+        )
+        self.arm_weight = Gauge(
+            "marquee_experiment_arm_weight", "Configured A/B weight", ("arm",), registry=r
+        )
+        self.published = Counter(
+            "marquee_responses_published_total",
+            "Answers delivered to the responses topic",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "marquee_responses_dropped_total",
+            "Answers not delivered to the responses topic, by reason",
+            ("reason",),
+            registry=r,
+        )
+
+    def releases_changed(self, active: LoadedRelease | None, loaded: list[LoadedRelease]) -> None:
+        self.model_info.clear()
+        if active is not None:
+            m = active.manifest
+            labels = (m.get("git_sha"), m.get("data_snapshot_id"), m.get("image_digest"))
+            self.model_info.labels(active.version, *map(str, labels)).set(1)
+        self.loaded.set(len(loaded))
+        self.release_bytes.clear()
+        for release in loaded:
+            self.release_bytes.labels(release.version).set(release.nbytes())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        body.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class RequestMiddleware:
+    def __init__(self, app: Any, telemetry: Telemetry, max_body: int = 64 * 1024) -> None:
+        self.app = app
+        self.telemetry = telemetry
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or ())
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            status = 413
+            body = json.dumps(
+                {
+                    "error": "payload_too_large",
+                    "detail": f"request bodies are limited to {self.max_body} bytes",
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body.encode()})
+            self._record(scope, state, status, time.perf_counter() - started, request_id)
+            return
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, state, status, time.perf_counter() - started, request_id)
+
+    def _record(self, scope: dict, state: dict, status: int, seconds: float, rid: str) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        labels = state.get("labels") or {}
+        values = (
+            endpoint,
+            labels.get("model", ""),
+            labels.get("version", ""),
+            labels.get("arm", ""),
+            str(status),
+            labels.get("fallback", ""),
+        )
+        self.telemetry.requests.labels(*values).inc()
+        self.telemetry.latency.labels(*values).observe(seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "endpoint": endpoint,
+                        "status": status,
+                        "latency_ms": round(seconds * 1000, 3),
+                        **labels,
+                    }
+                },
+            )
