@@ -11,7 +11,7 @@ PORT ?= 8080
 export OPENBLAS_NUM_THREADS := 1
 export MOVIELENS_DIR
 
-.PHONY: run train serve test lint install data clean
+.PHONY: run train serve test lint install data bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: install lint data
 
 lint: install
 	$(BIN)/ruff check .
+
+## Serving benchmark (needs wrk: apt-get install wrk); trains ./registry first if it is empty.
+bench: install
+	@test -e registry/latest.txt || $(MAKE) train
+	$(BIN)/python scripts/bench_serving.py --registry "$(REGISTRY)" --out benchmarks/results/serving.json
 
 clean:
 	rm -rf registry reports .pytest_cache .coverage

@@ -22,11 +22,16 @@ log = logging.getLogger("recommender.pool")
 
 class ModelPool:
     def __init__(
-        self, registry: Registry, max_loaded: int = 3, cache_dir: Path | None = None
+        self,
+        registry: Registry,
+        max_loaded: int = 3,
+        cache_dir: Path | None = None,
+        precompute_cells: int = 0,
     ) -> None:
         self.registry = registry
         self.max_loaded = max(1, max_loaded)
         self.cache_dir = cache_dir
+        self.precompute_cells = precompute_cells
         self.active: LoadedRelease | None = None
         self.pinned: set[str] = set()  # versions an experiment arm serves: never evicted
         self._loaded: OrderedDict[str, LoadedRelease] = OrderedDict()
@@ -69,7 +74,7 @@ class ModelPool:
         parse_version(version)
         release = self._loaded.get(version)
         if release is None:
-            release = load_release(self.registry, version, self.cache_dir)
+            release = load_release(self.registry, version, self.cache_dir, self.precompute_cells)
             self._loaded[version] = release
             self._evict()
         return release

@@ -34,7 +34,27 @@ def scorer_for(release: LoadedRelease, kind: str) -> Scorer:
 def recommend(release: LoadedRelease, user_id: int, k: int, kind: str) -> Answer:
     """Top-k for a known or unknown user id; an unknown user gets popularity."""
     scorer = scorer_for(release, kind)
-    user_idx = release.vocab.user_index(user_id)
+    user_idx = release.user_index(user_id)
+    top = release.top.get(kind)
+    if top is not None and user_idx >= 0 and k <= top.items.shape[1]:
+        n = min(k, int(top.counts[user_idx]))  # precomputed at load with the same top_n
+        if n == k:  # the common case, kept lean: a request costs a few slices
+            items = top.items[user_idx, :n].tolist()
+            return Answer(
+                kind,
+                top.movie_ids[user_idx, :n].tolist(),
+                top.scores[user_idx, :n].tolist(),
+                [release.titles[i] for i in items],
+                None,
+            )
+        return _answer(
+            release,
+            kind,
+            None,
+            release.seen(user_idx),
+            k,
+            (top.items[user_idx, :n], top.scores[user_idx, :n]),
+        )
     scores = scorer.score(user_idx) if user_idx >= 0 else None
     return _answer(release, kind, scores, release.seen(user_idx), k)
 
@@ -56,10 +76,18 @@ def recommend_for_history(
 
 
 def _answer(
-    release: LoadedRelease, kind: str, scores: np.ndarray | None, exclude: np.ndarray, k: int
+    release: LoadedRelease,
+    kind: str,
+    scores: np.ndarray | None,
+    exclude: np.ndarray,
+    k: int,
+    ranked: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Answer:
+    """`ranked` is an already computed top list; otherwise `scores` are ranked here."""
     fallback = None
-    if scores is None:
+    if ranked is not None:
+        items, values = ranked
+    elif scores is None:
         items, values = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
     else:
         items, values = top_n(scores, k, exclude=exclude)
@@ -75,8 +103,8 @@ def _answer(
         values = np.concatenate([values, more_values])
     return Answer(
         kind=kind,
-        item_ids=[int(i) for i in release.vocab.item_ids[items]],
-        scores=[round(float(s), 6) for s in values],
-        titles=[release.titles[i] for i in items],
+        item_ids=release.vocab.item_ids[items].tolist(),
+        scores=np.round(values.astype(np.float64), 6).tolist(),
+        titles=[release.titles[i] for i in items.tolist()],
         fallback=fallback,
     )

@@ -35,7 +35,9 @@ class Service:
         self.settings = settings
         self.registry = Registry.open(settings.registry)
         cache = Path(settings.cache_dir) if settings.cache_dir else None
-        self.pool = ModelPool(self.registry, settings.max_loaded, cache)
+        self.pool = ModelPool(
+            self.registry, settings.max_loaded, cache, settings.precompute_max_cells
+        )
         self.telemetry = Telemetry()
         self.experiment = _experiment(settings)
         self.publisher: ResponsePublisher | None = None

@@ -16,6 +16,9 @@ class ServiceSettings(BaseSettings):
     default_model: str = "als"
     candidates: str = ""  # comma separated versions to keep loaded beside the active one
     max_loaded: int = Field(default=3, ge=1, le=32)
+    # Precompute every known user's top 100 per kind at load when users x items is at most this
+    # (ML-1M: 22M cells, yes; ML-25M: 10G, no). 0 scores every request on the fly.
+    precompute_max_cells: int = Field(default=50_000_000, ge=0)
     cache_dir: str | None = None  # where fetched releases are unpacked while loading
     admin_token: SecretStr | None = None  # bearer token for /switch and weight changes
     experiment: str | None = None  # experiment config as JSON

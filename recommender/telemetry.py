@@ -104,6 +104,7 @@ class RequestMiddleware:
         self.app = app
         self.telemetry = telemetry
         self.max_body = max_body
+        self._children: dict[tuple[str, ...], tuple[Any, Any]] = {}  # label values -> metrics
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -165,8 +166,15 @@ class RequestMiddleware:
             str(status),
             labels.get("fallback", ""),
         )
-        self.telemetry.requests.labels(*values).inc()
-        self.telemetry.latency.labels(*values).observe(seconds)
+        children = self._children.get(values)
+        if children is None:  # labels() takes a lock and builds a key: do it once per series
+            children = (
+                self.telemetry.requests.labels(*values),
+                self.telemetry.latency.labels(*values),
+            )
+            self._children[values] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "request",

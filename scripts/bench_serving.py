@@ -1,0 +1,253 @@
+"""Serving benchmark: the real service on a loopback port, driven by wrk, results as JSON.
+
+For each catalogue (the ML-100K release you give, and a synthetic 27k-item one built here) and
+each serving mode it starts `python -m recommender`, measures /healthz as the floor, then
+/recommend for each model at 16 and 64 connections, random users, for a fixed time; wrk reports
+req/s, p50/p95/p99 and errors (non-2xx and socket errors). Modes: `precomputed` (the default:
+known users' top lists computed at release load) and `on_the_fly` (REC_PRECOMPUTE_MAX_CELLS=0:
+every request scores the whole catalogue), so the cost growth with catalogue size stays visible.
+
+    python scripts/bench_serving.py --registry file://$PWD/registry \
+        --out benchmarks/results/serving.json [--seconds 10] [--models als,ncf,itemcf,popularity]
+
+Needs `wrk` (Debian package wrk). Only ever targets 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+LUA = """
+local users = %(users)d
+local path = "%(path)s"
+request = function()
+  if path == "/healthz" then return wrk.format("GET", path) end
+  return wrk.format("GET", string.format(path, math.random(1, users)))
+end
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+               + summary.errors.status + summary.errors.timeout
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "seconds": %%.3f, "errors": %%d, "non2xx": %%d, '
+    .. '"p50_ms": %%.3f, "p95_ms": %%.3f, "p99_ms": %%.3f, "max_ms": %%.3f}\\n',
+    summary.requests, summary.duration / 1e6, errors, summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"service exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+def run_wrk(base: str, path: str, users: int, connections: int, seconds: int, tmp: Path) -> dict:
+    script = tmp / "bench.lua"
+    script.write_text(LUA % {"users": users, "path": path})
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("WRKJSON "))
+    result = json.loads(line.removeprefix("WRKJSON "))
+    result["req_per_s"] = round(result["requests"] / result["seconds"], 1)
+    return result
+
+
+def synthetic_registry(root: Path, n_users: int, n_items: int, seed: int = 0) -> str:
+    """A release with random ALS factors and NCF weights over a large catalogue.
+
+    Serving cost depends on shapes, not on what the numbers mean, so this isolates how latency
+    grows with the catalogue.
+    """
+    from model_registry.registry import Registry
+    from trainer.interactions import Vocab
+    from trainer.models.als import ALSScorer
+    from trainer.models.ncf import NCFParams, NCFScorer
+    from trainer.models.popularity import PopularityScorer
+
+    rng = np.random.default_rng(seed)
+    stage = root / "stage"
+    p = NCFParams()
+    ncf = {
+        "gmf_user": (n_users, p.gmf_dim),
+        "gmf_item": (n_items, p.gmf_dim),
+        "mlp_user": (n_users, p.mlp_dim),
+        "mlp_item": (n_items, p.mlp_dim),
+        "out_w": (1, p.gmf_dim + p.hidden[-1]),
+        "out_b": (1,),
+    }
+    sizes = (2 * p.mlp_dim, *p.hidden)
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        ncf[f"mlp_w{i}"], ncf[f"mlp_b{i}"] = (b, a), (b,)
+    NCFScorer({k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in ncf.items()}).save(
+        stage / "ncf"
+    )
+    ALSScorer(rng.normal(0, 0.1, (n_users, 32)), rng.normal(0, 0.1, (n_items, 32))).save(
+        stage / "als"
+    )
+    PopularityScorer(rng.random(n_items).astype(np.float32), n_users).save(stage / "popularity")
+    Vocab(np.arange(1, n_users + 1), np.arange(1, n_items + 1)).save(stage / "vocab")
+    per_user = 50
+    np.save(
+        stage / "vocab" / "history_indptr.npy", np.arange(0, (n_users + 1) * per_user, per_user)
+    )
+    np.save(
+        stage / "vocab" / "history_indices.npy",
+        np.sort(rng.integers(0, n_items, (n_users, per_user)), axis=1).ravel().astype(np.int32),
+    )
+    titles = {str(i): {"title": f"Movie {i}", "genres": ""} for i in range(1, n_items + 1)}
+    (stage / "vocab" / "catalogue.json").write_text(json.dumps(titles))
+    uri = (root / "registry").as_uri()
+    Registry.open(uri).publish(
+        stage,
+        {
+            "git_sha": "synthetic",
+            "data_snapshot_id": "synthetic",
+            "image_digest": None,
+            "kinds": {k: {} for k in ("ncf", "als", "popularity")},
+        },
+    )
+    return uri
+
+
+MODES = {"precomputed": {}, "on_the_fly": {"REC_PRECOMPUTE_MAX_CELLS": "0"}}
+
+
+def bench_catalogue(
+    name: str, registry: str, models: list[str], seconds: int, tmp: Path, mode: str
+) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "REC_LOG_LEVEL": "WARNING", **MODES[mode]}
+    log = (tmp / f"{name}-{mode}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recommender", "--registry", registry, "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_ready(f"{base}/readyz", proc)
+        with urllib.request.urlopen(f"{base}/readyz") as resp:
+            ready = json.loads(resp.read())
+        with urllib.request.urlopen(f"{base}/releases") as resp:
+            memory = {r["version"]: r["memory_bytes"] for r in json.loads(resp.read())["loaded"]}
+        users = 943 if name == "ml-100k" else 1000
+        out: dict = {"release": ready["version"], "memory_bytes": memory, "runs": {}}
+        run_wrk(base, "/healthz", users, 16, 2, tmp)  # warm-up
+        for connections in (16, 64):
+            key = f"c{connections}"
+            out["runs"][key] = {
+                "healthz": run_wrk(base, "/healthz", users, connections, seconds, tmp)
+            }
+            floor = out["runs"][key]["healthz"]["req_per_s"]
+            for model in [m for m in models if m in ready["models"]]:
+                r = run_wrk(
+                    base, f"/recommend/%d?k=10&model={model}", users, connections, seconds, tmp
+                )
+                r["share_of_healthz"] = round(r["req_per_s"] / floor, 3)
+                out["runs"][key][model] = r
+                print(
+                    f"{name} {mode} c={connections} {model:<10} {r['req_per_s']:>8.1f} req/s "
+                    f"p50 {r['p50_ms']:.2f} p95 {r['p95_ms']:.2f} p99 {r['p99_ms']:.2f} ms "
+                    f"errors {r['errors']} ({r['share_of_healthz']:.0%} of /healthz "
+                    f"{floor:.0f})",
+                    flush=True,
+                )
+        return out
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--registry", required=True, help="registry with an ML-100K release")
+    parser.add_argument("--out", default="benchmarks/results/serving.json")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--models", default="als,ncf,itemcf,popularity")
+    parser.add_argument("--catalogue-items", type=int, default=27_000)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+    models = args.models.split(",")
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
+        tmp = Path(tmp_name)
+        synthetic = synthetic_registry(tmp / "synthetic", 1000, args.catalogue_items)
+        catalogues = {"ml-100k": args.registry, f"synthetic-{args.catalogue_items}": synthetic}
+        results = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "server": "uvicorn, 1 worker, uvloop + httptools, orjson; wrk 1 thread, same host",
+            "seconds_per_run": args.seconds,
+            "catalogues": {
+                name: {
+                    mode: bench_catalogue(name, uri, models, args.seconds, tmp, mode)
+                    for mode in MODES
+                }
+                for name, uri in catalogues.items()
+            },
+        }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
