@@ -105,9 +105,12 @@ class Ingestor:
         log.info("assigned %s", sorted(partitions))
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        # Runs on kafka-python's IO thread, where a blocking commit is not allowed. Writing the
+        # batch and its range marker is enough: the partition's next owner skips the marked
+        # offsets and commits past them.
         for tp in partitions:
             if tp in self.batches:
-                self.flush(tp)
+                self.flush(tp, commit=False)
             self._durable.pop(tp, None)
         log.info("revoked %s", sorted(partitions))
 
@@ -184,7 +187,7 @@ class Ingestor:
         for tp in list(self.batches):
             self.flush(tp)
 
-    def flush(self, tp: TopicPartition) -> None:
+    def flush(self, tp: TopicPartition, commit: bool = True) -> None:
         """Write the batch (retrying until the store takes it), then commit past it."""
         batch = self.batches[tp]
         started = time.perf_counter()
@@ -210,7 +213,8 @@ class Ingestor:
         for key in keys:
             self.metrics.files.labels(key.split("/", 1)[0]).inc()
         del self.batches[tp]
-        self._commit({tp: batch.last + 1})
+        if commit:
+            self._commit({tp: batch.last + 1})
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
         log.info(
             "flushed %s [%d..%d]: %d valid, %d dead",

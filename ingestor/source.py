@@ -36,8 +36,9 @@ class EventSource(Protocol):
 class KafkaSource:
     """kafka-python consumer in a group, manual commits only.
 
-    `on_revoke` runs inside poll() before partitions are taken away, so the ingestor can flush
-    and commit what it holds for them; `on_assign` lets it learn what is already durable.
+    `on_revoke` runs inside poll(), on kafka-python's IO thread, before partitions are taken
+    away, so the ingestor can write what it holds for them (it must not commit there: blocking
+    consumer calls are refused on that thread); `on_assign` lets it learn what is already durable.
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 from pathlib import Path
@@ -135,6 +136,7 @@ class Service:
                 f"could not record the switch, nothing changed: {exc}"
             ) from None
         self.pool.switch(version)
+        gc.freeze()  # the new release's objects are long-lived too (see app.lifespan)
         self.telemetry.swaps.labels("ok").inc()
         self._releases_changed()
         return {"from": previous, "to": version, "at": record["at"], "by": by, "reason": reason}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model_registry.errors import RegistryError
 from model_registry.registry import Registry
-from trainer.data import load_movielens
+from trainer.data import load_movielens, load_snapshots
 from trainer.download import DATASETS, download
 from trainer.errors import TrainerError
 from trainer.models import KINDS
@@ -25,9 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train, evaluate and publish one release")
-    train.add_argument(
-        "--data", required=True, type=Path, help="MovieLens folder (100K/1M/25M layout)"
-    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="MovieLens folder (100K/1M/25M layout)")
+    source.add_argument("--snapshots", help="ingestor store URI: train on its rate snapshots")
+    train.add_argument("--since", help="with --snapshots: first date (YYYY-MM-DD)")
+    train.add_argument("--until", help="with --snapshots: last date (YYYY-MM-DD)")
+    train.add_argument("--catalogue", type=Path, help="with --snapshots: MovieLens folder (titles)")
     train.add_argument(
         "--registry", required=True, help="file:///abs/path, s3://bucket/prefix or memory://name"
     )
@@ -65,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     started = time.perf_counter()
-    log.info("loading %s", args.data)
-    dataset = load_movielens(args.data)
+    if args.snapshots:
+        log.info("loading snapshots from %s", args.snapshots)
+        dataset = load_snapshots(args.snapshots, args.since, args.until, args.catalogue)
+    else:
+        log.info("loading %s", args.data)
+        dataset = load_movielens(args.data)
     if dataset.skipped:
         log.warning("skipped rows: %s", dataset.skipped)
     report = train_release(dataset, Registry.open(args.registry), kinds, seed=args.seed)

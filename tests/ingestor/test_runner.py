@@ -156,14 +156,15 @@ def test_crash_replay_writes_every_event_exactly_once() -> None:
         assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans))
 
 
-def test_revoke_flushes_and_commits() -> None:
+def test_revoke_flushes_without_committing() -> None:
     store = MemoryStore("revoke")
     source = MemorySource([rate(0, 0), rate(0, 1)])
     ing = make(store, batch_size=100)
     ing.source = source
     ing.step()
     ing.on_revoke([("rate", 1)])
-    assert source.committed == {("rate", 1): 1} and set(ing.batches) == {("rate", 0)}
+    assert source.committed == {} and set(ing.batches) == {("rate", 0)}
+    assert durable_ranges(store, "rate") == {1: [(0, 0)]}  # the next owner will skip it
 
 
 def test_snapshot_id_changes_with_content() -> None:
