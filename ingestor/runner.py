@@ -64,9 +64,7 @@ class Batch:
     started: float
     rows: list[Row] = field(default_factory=list)
     dead: list[DeadRow] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.dead)
+    size: int = 0  # len(rows) + len(dead), kept as a field: checked once per message
 
 
 class Ingestor:
@@ -95,7 +93,7 @@ class Ingestor:
         self.source: EventSource | None = None
         self.batches: dict[TopicPartition, Batch] = {}
         self._durable: dict[TopicPartition, list[tuple[int, int]]] = {}
-        self._known_topics: set[str] = set()
+        self._counts: dict[str, list[int]] = {}  # per topic, published to Prometheus each step
 
     # ---- rebalance hooks --------------------------------------------------------------------
     def on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -120,8 +118,18 @@ class Ingestor:
         records = self.source.poll(max_records, timeout_s)
         for record in records:
             self.handle(record)
+        self.publish_counts()
         self.flush_due()
         return len(records)
+
+    def publish_counts(self) -> None:
+        """Per-message counts go to Prometheus once per poll: inc() per message costs ~5%."""
+        for topic, (consumed, valid, skipped) in self._counts.items():
+            m = self.metrics
+            m.consumed.labels(topic).inc(consumed)
+            m.valid.labels(topic).inc(valid)
+            m.skipped.labels(topic).inc(skipped)
+        self._counts.clear()
 
     def run(self, source: EventSource, should_stop: Callable[[], bool]) -> None:
         self.source = source
@@ -137,12 +145,13 @@ class Ingestor:
 
     def handle(self, record: Record) -> None:
         tp = (record.topic, record.partition)
-        self.metrics.consumed.labels(record.topic).inc()
+        counts = self._counts.setdefault(record.topic, [0, 0, 0])  # consumed, valid, skipped
+        counts[0] += 1
         durable_end = self._durable_end(tp, record.offset)
         if durable_end is not None:
             # Replayed after a crash: these offsets are already in the store. Skip them, and once
             # past the range, commit it so the next restart does not read them again.
-            self.metrics.skipped.labels(record.topic).inc()
+            counts[2] += 1
             if record.offset == durable_end:
                 self._commit({tp: durable_end + 1})
             return
@@ -150,7 +159,9 @@ class Ingestor:
         if batch is None:
             batch = self.batches[tp] = Batch(record.offset, record.offset, self.clock())
         batch.last = record.offset
-        event = parse_event(self.topic_kinds.get(record.topic, ""), record.value, self.catalogue)
+        batch.size += 1
+        value = record.value or b""  # a Kafka tombstone has no value: a dead letter below
+        event = parse_event(self.topic_kinds.get(record.topic, ""), value, self.catalogue)
         if isinstance(event, DeadLetter):
             self.metrics.invalid.labels(record.topic, event.reason).inc()
             batch.dead.append(
@@ -160,13 +171,14 @@ class Ingestor:
                     record.offset,
                     event.reason,
                     event.detail,
-                    record.value,
+                    value,
                 )
             )
         else:
-            self.metrics.valid.labels(record.topic).inc()
-            batch.rows.append(Row(record.topic, record.partition, record.offset, event))
-        if len(batch) >= self.batch_size:
+            counts[1] += 1
+            payload = value.decode() if value[:1] == b"{" else event.model_dump_json()
+            batch.rows.append(Row(record.topic, record.partition, record.offset, event, payload))
+        if batch.size >= self.batch_size:
             self.flush(tp)
 
     def _durable_end(self, tp: TopicPartition, offset: int) -> int | None:
