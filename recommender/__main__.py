@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        loop="uvloop",
+        loop=settings.loop,
         http="httptools",
     )
     return 0

@@ -263,7 +263,7 @@ def main() -> int:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
-            "server": "uvicorn, 1 worker, uvloop + httptools, orjson; wrk 1 thread, same host",
+            "server": "uvicorn, 1 worker, asyncio + httptools, orjson; wrk 1 thread, same host",
             "pinning": "server on CPU 0, wrk on CPU 1" if pin(0) else "none",
             "seconds_per_run": args.seconds,
             "repeats": REPEATS,
