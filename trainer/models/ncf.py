@@ -1,8 +1,8 @@
 """NeuMF (He et al. 2017): GMF + MLP towers, trained in PyTorch, served as a numpy forward pass.
 
 Training: each interaction against `negatives` uniformly sampled items the user has not
-interacted with, Adam, seeded; the loss is pointwise binary cross-entropy (the paper's) or BPR
-(the positive should outrank each of its negatives). Given a validation set, it evaluates
+interacted with, binary cross-entropy (the paper's loss; BPR was tried and lost on validation),
+Adam, seeded. Given a validation set, it evaluates
 full-ranking NDCG@10 after each epoch, keeps the best weights and stops after `patience`
 epochs without gain; the chosen epoch count is pinned in `resolved_params` so refits train
 exactly that long.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Literal
 
 import numpy as np
 
@@ -36,7 +35,6 @@ class NCFParams(Params):
     weight_decay: float = 0.0
     negatives: int = 4
     batch_size: int = 256  # positives per step, each with its `negatives`
-    loss: Literal["bce", "bpr"] = "bce"
     epochs: int = 40  # the most epochs; early stopping may resolve it to fewer
     patience: int = 6  # validation NDCG is noisy: 3 stopped runs at epoch ~9, well short of best
     recency_tau: float | None = 3.0  # positive's loss weight: 1 + exp(-steps_from_end / tau)
@@ -156,10 +154,8 @@ def fit(
             users, w = users_all[idx], weights[idx]
             pos = model(users, items_all[idx])  # (B,)
             neg = model(users.repeat_interleave(n_neg), negatives[idx].reshape(-1)).view(-1, n_neg)
-            if params.loss == "bpr":  # each positive should outrank each of its negatives
-                per_positive = F.softplus(neg - pos[:, None]).mean(dim=1) * w
-            else:  # pointwise: positive -> 1, negatives -> 0
-                per_positive = (F.softplus(-pos) * w + F.softplus(neg).sum(dim=1)) / (1 + n_neg)
+            # pointwise: the positive towards 1 (weighted by recency), its negatives towards 0
+            per_positive = (F.softplus(-pos) * w + F.softplus(neg).sum(dim=1)) / (1 + n_neg)
             loss = per_positive.mean()
             optimiser.zero_grad()
             loss.backward()
