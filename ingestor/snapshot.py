@@ -192,5 +192,5 @@ def snapshot_id(store: BlobStore, files: Sequence[SnapshotFile]) -> str:
     """Identity of a window: hash of the sorted keys and their sizes (what a release records)."""
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.key):
-        digest.update(f"{f.key}\t{len(store.get(f.key))}\n".encode())
+        digest.update(f"{f.key}\t{store.size(f.key)}\n".encode())
     return f"snapshot-{digest.hexdigest()[:16]}"

@@ -53,6 +53,10 @@ class BlobStore(ABC):
     def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error."""
 
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Bytes stored under `key`, without reading them."""
+
     def exists(self, key: str) -> bool:
         try:
             self.get(key)
@@ -117,6 +121,12 @@ class LocalStore(BlobStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(f"{self.uri}/{key}: not found") from None
+
 
 class MemoryStore(BlobStore):
     _named: ClassVar[dict[str, dict[str, bytes]]] = {}
@@ -151,6 +161,9 @@ class MemoryStore(BlobStore):
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(check_key(key), None)
+
+    def size(self, key: str) -> int:
+        return len(self.get(key))
 
 
 class S3Store(BlobStore):
@@ -232,6 +245,19 @@ class S3Store(BlobStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         except (BotoCoreError, ClientError) as exc:
             raise self._fail(key, exc) from None
+
+    def size(self, key: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise BlobNotFound(f"{self.uri}/{key}: not found") from None
+            raise self._fail(key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail(key, exc) from None
+        return int(head["ContentLength"])
 
 
 def open_store(uri: str) -> BlobStore:

@@ -36,6 +36,13 @@ def test_put_overwrites(store: BlobStore) -> None:
     assert store.get("k") == b"two"
 
 
+def test_size_without_reading(store: BlobStore) -> None:
+    store.put("sized/blob", b"x" * 1234)
+    assert store.size("sized/blob") == 1234
+    with pytest.raises(BlobNotFound):
+        store.size("sized/missing")
+
+
 def test_missing_key_is_blob_not_found(store: BlobStore) -> None:
     with pytest.raises(BlobNotFound):
         store.get("nope/never")
