@@ -64,8 +64,10 @@ def _run(argv: list[str]) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    from ingestor.runner import Ingestor
+    from ingestor.runner import Ingestor, tune_gc
     from ingestor.source import KafkaSource
+
+    tune_gc()
 
     catalogue = load_catalogue(settings.catalogue) if settings.catalogue else None
     ingestor = Ingestor(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -153,28 +154,47 @@ _RECO = re.compile(
 )
 
 
+Parser = Callable[[bytes], "Event | DeadLetter"]
+
+
+def parser_for(topic_kind: str, catalogue: Catalogue | None = None) -> Parser:
+    """The validating parser for one topic kind (`rate`, `watch`, `reco_requests`,
+    `reco_responses`), looked up once per topic rather than once per message."""
+    model = MODELS.get(topic_kind)
+    if model is None:
+        unknown = DeadLetter("unknown_topic_format", f"no schema for topic kind {topic_kind!r}")
+        return lambda raw: _oversized(raw) if len(raw) > MAX_MESSAGE_BYTES else unknown
+    validate_json = model.__pydantic_validator__.validate_json
+
+    def parse(raw: bytes) -> Event | DeadLetter:
+        if len(raw) > MAX_MESSAGE_BYTES:
+            return _oversized(raw)
+        if raw[:1] == b"{":  # the common case: one pass of pydantic-core's parser + validation
+            try:
+                return validate_json(raw)  # type: ignore[no-any-return]
+            except ValidationError as exc:
+                return _json_dead_letter(raw, exc)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return DeadLetter("not_utf8", "message is not UTF-8 text")
+        stripped = text.strip()
+        if stripped.startswith("{"):
+            return parse(stripped.encode())
+        return _parse_log_line(topic_kind, stripped, catalogue)
+
+    return parse
+
+
 def parse_event(
     topic_kind: str, raw: bytes, catalogue: Catalogue | None = None
 ) -> Event | DeadLetter:
-    """Validate one message of a topic (`rate`, `watch`, `reco_requests`, `reco_responses`)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return DeadLetter("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
-    model = MODELS.get(topic_kind)
-    if model is None:
-        return DeadLetter("unknown_topic_format", f"no schema for topic kind {topic_kind!r}")
-    if raw[:1] == b"{":  # the common case: one pass of pydantic-core's JSON parser + validation
-        try:
-            return model.model_validate_json(raw)  # type: ignore[return-value]
-        except ValidationError as exc:
-            return _json_dead_letter(raw, exc)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return DeadLetter("not_utf8", "message is not UTF-8 text")
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        return parse_event(topic_kind, stripped.encode(), catalogue)
-    return _parse_log_line(topic_kind, stripped, catalogue)
+    """Validate one message of a topic kind; never raises for bad data."""
+    return parser_for(topic_kind, catalogue)(raw)
+
+
+def _oversized(raw: bytes) -> DeadLetter:
+    return DeadLetter("oversized", f"{len(raw)} bytes > {MAX_MESSAGE_BYTES}")
 
 
 def _json_dead_letter(raw: bytes, exc: ValidationError) -> DeadLetter:

@@ -22,7 +22,9 @@ class Record:
 
 
 class EventSource(Protocol):
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+    def poll(self, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Record]]:
+        """Up to `max_records` records, per partition, each partition's in offset order."""
+        ...
 
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         """Commit next-offset-to-read per partition; False if the group moved on (rebalance)."""
@@ -72,11 +74,11 @@ class KafkaSource:
 
         self.consumer.subscribe(list(topics), listener=Listener())
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+    def poll(self, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Record]]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         # kafka-python's ConsumerRecord has Record's fields (topic, partition, offset, value):
         # passed through as is, not copied, on this per-message path.
-        return [m for messages in batches.values() for m in messages]
+        return {(tp.topic, tp.partition): messages for tp, messages in batches.items()}
 
     def commit(self, offsets: dict[TopicPartition, int]) -> bool:
         from kafka import OffsetAndMetadata, TopicPartition
@@ -114,9 +116,11 @@ class MemorySource:
         self.position = 0
         self.closed = False
 
-    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        out = self.records[self.position : self.position + max_records]
-        self.position += len(out)
+    def poll(self, max_records: int, timeout_s: float) -> dict[TopicPartition, list[Record]]:
+        out: dict[TopicPartition, list[Record]] = {}
+        for record in self.records[self.position : self.position + max_records]:
+            out.setdefault((record.topic, record.partition), []).append(record)
+        self.position += sum(len(records) for records in out.values())
         return out
 
     def rewind_to_committed(self) -> None:
