@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from ingestor.schema import Catalogue
 from ingestor.settings import IngestSettings
-from ingestor.snapshot import list_snapshots, snapshot_id
+from ingestor.snapshot import day, list_snapshots, snapshot_id
 from model_registry.errors import RegistryError
+from model_registry.logs import configure_logging
 from model_registry.registry import Registry
 from model_registry.storage import open_store
 
@@ -51,7 +52,15 @@ def _run(argv: list[str]) -> int:
         "--flush-seconds", type=float, help="... or this old (INGEST_FLUSH_SECONDS)"
     )
     parser.add_argument("--catalogue", help="registry URI or catalogue.json (INGEST_CATALOGUE)")
+    parser.add_argument(
+        "--dlq",
+        choices=("store", "kafka"),
+        help="dead letters to dlq/ in the store, or to <topic>.dlq topics (INGEST_DLQ)",
+    )
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (INGEST_METRICS_PORT)")
+    parser.add_argument(
+        "--metrics-host", help="address the metrics endpoint binds (INGEST_METRICS_HOST)"
+    )
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
@@ -59,29 +68,52 @@ def _run(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"error: invalid settings: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    configure_logging(settings.log_level, quiet=("kafka",))
     from ingestor.runner import Ingestor, tune_gc
     from ingestor.source import KafkaSource
 
     tune_gc()
 
+    from kafka.errors import KafkaError
+
     catalogue = load_catalogue(settings.catalogue) if settings.catalogue else None
-    ingestor = Ingestor(
-        open_store(settings.store),
-        settings.topic_kinds(),
-        batch_size=settings.batch_size,
-        flush_seconds=settings.flush_seconds,
-        catalogue=catalogue,
-    )
+    try:
+        dead_letters = None
+        if settings.dlq == "kafka":
+            from ingestor.deadletter import KafkaDeadLetters
+
+            dead_letters = KafkaDeadLetters(
+                settings.brokers,
+                suffix=settings.dlq_suffix,
+                bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
+            )
+        ingestor = Ingestor(
+            open_store(settings.store),
+            settings.topic_kinds(),
+            batch_size=settings.batch_size,
+            flush_seconds=settings.flush_seconds,
+            catalogue=catalogue,
+            dead_letters=dead_letters,
+        )
+        source = KafkaSource(
+            settings.brokers,
+            settings.topic_kinds(),
+            settings.group,
+            on_revoke=ingestor.on_revoke,
+            on_assign=ingestor.on_assign,
+            session_timeout_ms=settings.session_timeout_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            heartbeat_interval_ms=max(500, settings.session_timeout_ms // 6),
+            bootstrap_timeout_ms=settings.bootstrap_timeout_ms,
+        )
+    except KafkaError as exc:  # nothing consumed yet, so nothing to flush: say why and exit
+        print(f"error: cannot reach Kafka at {settings.brokers}: {exc}", file=sys.stderr)
+        return 1
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(
-            settings.metrics_port, addr="127.0.0.1", registry=ingestor.metrics.registry
+            settings.metrics_port, addr=settings.metrics_host, registry=ingestor.metrics.registry
         )
     stopping = {"flag": False}
 
@@ -91,16 +123,6 @@ def _run(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    source = KafkaSource(
-        settings.brokers,
-        settings.topic_kinds(),
-        settings.group,
-        on_revoke=ingestor.on_revoke,
-        on_assign=ingestor.on_assign,
-        session_timeout_ms=settings.session_timeout_ms,
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-        heartbeat_interval_ms=max(500, settings.session_timeout_ms // 6),
-    )
     ingestor.run(source, lambda: stopping["flag"])
     log.info("stopped cleanly")
     return 0
@@ -112,8 +134,8 @@ def _snapshots(argv: list[str]) -> int:
     )
     parser.add_argument("--store", required=True)
     parser.add_argument("--topic")
-    parser.add_argument("--since", help="first date, YYYY-MM-DD")
-    parser.add_argument("--until", help="last date, YYYY-MM-DD")
+    parser.add_argument("--since", type=day, help="first date, YYYY-MM-DD")
+    parser.add_argument("--until", type=day, help="last date, YYYY-MM-DD")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     import io

@@ -85,6 +85,7 @@ class KafkaDeadLetters:
         suffix: str = ".dlq",
         timeout_s: float = 30.0,
         producer: Any = None,
+        bootstrap_timeout_ms: int = 30_000,
     ) -> None:
         self.suffix = suffix
         self.timeout_s = timeout_s
@@ -97,6 +98,7 @@ class KafkaDeadLetters:
                 linger_ms=5,
                 retries=5,
                 max_block_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=bootstrap_timeout_ms,
             )
         self.producer = producer
 

@@ -143,7 +143,7 @@ class Ingestor:
         for topic in {t for t, _ in partitions}:
             for p, ranges in durable_ranges(self.store, topic).items():
                 self._durable[(topic, p)] = ranges
-        log.info("assigned %s", sorted(partitions))
+        log.info("assigned", extra={"fields": {"partitions": sorted(partitions)}})
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
         # Runs on kafka-python's IO thread, where a blocking commit is not allowed. Writing the
@@ -160,7 +160,7 @@ class Ingestor:
                 pending.commit = False
                 if pending.write is not None:
                     pending.write.result()
-        log.info("revoked %s", sorted(partitions))
+        log.info("revoked", extra={"fields": {"partitions": sorted(partitions)}})
 
     # ---- the loop ---------------------------------------------------------------------------
     def step(self, max_records: int = 5000, timeout_s: float = 0.5) -> int:
@@ -282,9 +282,11 @@ class Ingestor:
         batch = self.batches.pop(tp)
         write = self._writer.submit(self._write, tp, batch)
         self._pending.append(PendingCommit(tp, batch.last + 1, write, commit))
-        # Backpressure: with the store slow or down, stop consuming instead of buffering more.
+        # Backpressure: with the store slow or down, stop consuming instead of buffering more
+        # (after publishing the counts, so the metrics show what is waiting).
         writes = [p.write for p in self._pending if p.write is not None]
         if len(writes) > self.max_pending_writes:
+            self.publish_counts()
             writes[-1 - self.max_pending_writes].result()
 
     def complete_writes(self, wait: bool = False) -> None:
@@ -323,12 +325,10 @@ class Ingestor:
                 self.metrics.store_errors.inc()
                 self.metrics.store_failing.set(1)
                 log.error(
-                    "store write failed for %s [%d..%d], retrying in %.1fs: %s",
-                    tp,
-                    batch.first,
-                    batch.last,
+                    "store write failed, retrying in %.1fs: %s",
                     backoff,
                     exc,
+                    extra={"fields": {**_where(tp, batch), "retry_in_s": backoff}},
                 )
                 self.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -338,15 +338,19 @@ class Ingestor:
             self.metrics.files.labels(kind).inc()
             self.metrics.bytes.inc(size)
         self.metrics.flush_seconds.observe(time.perf_counter() - started)
-        log.info(
-            "wrote %s [%d..%d]: %d valid, %d dead",
-            tp,
-            batch.first,
-            batch.last,
-            len(batch.rows),
-            len(batch.dead),
-        )
+        fields = {
+            **_where(tp, batch),
+            "valid": len(batch.rows),
+            "dead": len(batch.dead),
+            "bytes": sum(size for _, size in written),
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+        log.info("wrote batch", extra={"fields": fields})
 
     def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.source is not None and not self.source.commit(offsets):
             self.metrics.commit_refused.inc()
+
+
+def _where(tp: TopicPartition, batch: Batch) -> dict[str, object]:
+    return {"topic": tp[0], "partition": tp[1], "first": batch.first, "last": batch.last}

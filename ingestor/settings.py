@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingestor.schema import MODELS
 
 
 class IngestSettings(BaseSettings):
@@ -19,15 +23,41 @@ class IngestSettings(BaseSettings):
     # Resolves log-line slugs to movie ids: a registry URI (its newest release's catalogue) or a
     # catalogue.json file ({"movie_id": {"title": ...}}).
     catalogue: str | None = None
-    metrics_port: int = Field(default=0, ge=0)  # 0: no Prometheus endpoint
-    session_timeout_ms: int = 10_000
-    max_poll_interval_ms: int = 300_000
+    # Dead letters: "store" writes dlq/<topic>/... files beside the snapshots (exactly once);
+    # "kafka" produces them to <topic><dlq_suffix> on the same brokers (at least once).
+    dlq: Literal["store", "kafka"] = "store"
+    dlq_suffix: str = Field(default=".dlq", min_length=1, max_length=100)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no Prometheus endpoint
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, for the scraper next door
+    bootstrap_timeout_ms: int = Field(default=30_000, ge=100)  # first contact with the brokers
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     log_level: str = "INFO"
 
+    @field_validator("topics")
+    @classmethod
+    def _known_kinds(cls, value: str) -> str:
+        kinds = parse_topics(value)
+        if not kinds:
+            raise ValueError("no topics given")
+        for topic, kind in kinds.items():
+            if not topic:
+                raise ValueError(f"empty topic name in {value!r}")
+            if kind not in MODELS:
+                raise ValueError(
+                    f"topic {topic!r}: unknown kind {kind!r} (kinds: {', '.join(MODELS)})"
+                )
+        return value
+
     def topic_kinds(self) -> dict[str, str]:
-        pairs = [p.strip() for p in self.topics.split(",") if p.strip()]
-        out = {}
-        for pair in pairs:
+        return parse_topics(self.topics)
+
+
+def parse_topics(value: str) -> dict[str, str]:
+    """'ratings=rate,watch' -> {'ratings': 'rate', 'watch': 'watch'} (a bare name is its kind)."""
+    out = {}
+    for pair in (p.strip() for p in value.split(",")):
+        if pair:
             topic, _, kind = pair.partition("=")
             out[topic.strip()] = (kind or topic).strip()
-        return out
+    return out

@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -156,6 +156,13 @@ class SnapshotFile:
     partition: int
     first: int
     last: int
+
+
+def day(text: str) -> str:
+    """A window bound, YYYY-MM-DD (an argparse type: a ValueError reads "invalid day value")."""
+    if len(text) != 10:
+        raise ValueError(text)
+    return date.fromisoformat(text).isoformat()
 
 
 def list_snapshots(

@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from model_registry.logs import configure_logging
     from recommender.app import create_app
-    from recommender.telemetry import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, quiet=("kafka",))
     try:
         app = create_app(settings)
     except ValueError as exc:

@@ -77,28 +77,6 @@ class Telemetry:
             self.release_bytes.labels(release.version).set(release.nbytes())
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        body.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 class RequestMiddleware:
     def __init__(self, app: Any, telemetry: Telemetry, max_body: int = 64 * 1024) -> None:
         self.app = app

@@ -11,9 +11,9 @@ from tests.helpers import (
     REPO,
     free_port,
     start,
+    start_moto,
     stop,
     synthetic_ratings,
-    wait_for_http,
     write_ml100k,
 )
 
@@ -40,14 +40,10 @@ def synthetic_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real S3 API over HTTP: moto in server mode on a free loopback port."""
-    binary = shutil.which("moto_server") or str(Path(os.sys.executable).parent / "moto_server")
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = start([binary, "-H", "127.0.0.1", "-p", str(port)], log=log)
-    url = f"http://127.0.0.1:{port}"
+    proc = start_moto(port, tmp_path_factory.mktemp("moto") / "moto.log")
     try:
-        wait_for_http(f"{url}/moto-api/", timeout=30, proc=proc)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
 
@@ -87,7 +83,6 @@ def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def two_releases(synthetic_release: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A registry holding v0.1 and v0.2 (different seeds), all four kinds in each."""
-    import shutil
 
     from trainer.__main__ import main
 

@@ -93,5 +93,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def start_moto(port: int, log: Path) -> subprocess.Popen:
+    """moto's S3 server on 127.0.0.1:port, answering once this returns. State lives in memory:
+    a restarted server starts empty."""
+    import shutil
+
+    binary = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    proc = start([binary, "-H", "127.0.0.1", "-p", str(port)], log=log)
+    wait_for_http(f"http://127.0.0.1:{port}/moto-api/", timeout=30, proc=proc)
+    return proc
+
+
 def python() -> str:
     return sys.executable

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from ingestor.snapshot import day
 from model_registry.errors import RegistryError
 from model_registry.registry import Registry
 from trainer.data import load_movielens, load_snapshots
@@ -28,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="MovieLens folder (100K/1M/25M layout)")
     source.add_argument("--snapshots", help="ingestor store URI: train on its rate snapshots")
-    train.add_argument("--since", help="with --snapshots: first date (YYYY-MM-DD)")
-    train.add_argument("--until", help="with --snapshots: last date (YYYY-MM-DD)")
+    train.add_argument("--since", type=day, help="with --snapshots: first date (YYYY-MM-DD)")
+    train.add_argument("--until", type=day, help="with --snapshots: last date (YYYY-MM-DD)")
     train.add_argument("--catalogue", type=Path, help="with --snapshots: MovieLens folder (titles)")
     train.add_argument(
         "--registry", required=True, help="file:///abs/path, s3://bucket/prefix or memory://name"

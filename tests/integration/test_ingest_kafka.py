@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,46 @@ def test_kafka_to_s3_end_to_end(kafka_broker: str, s3_bucket: str) -> None:
     summary = json.loads(out.stdout)
     assert sum(g["rows"] for g in summary["groups"]) == 3000 - len(bad)
     assert summary["snapshot_id"].startswith("snapshot-")
+
+
+def test_dead_letters_to_a_kafka_topic(kafka_broker: str, tmp_path: Path) -> None:
+    from kafka import KafkaConsumer
+
+    from ingestor.deadletter import KafkaDeadLetters
+
+    topic = f"rate_{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_broker, topic, 2)
+    create_topic(kafka_broker, f"{topic}.dlq", 1)
+    values, bad = _events(1000, bad_every=25)
+    last = produce(kafka_broker, topic, values)
+    store = open_store((tmp_path / "events").as_uri())
+    sink = KafkaDeadLetters(kafka_broker)
+    ingestor = Ingestor(
+        store, {topic: "rate"}, batch_size=300, flush_seconds=1.0, dead_letters=sink
+    )
+    source = KafkaSource(
+        kafka_broker, [topic], f"g-{topic}", ingestor.on_revoke, ingestor.on_assign, **FAST_GROUP
+    )
+    deadline = time.monotonic() + 60
+    ingestor.run(source, lambda: all_durable(store, topic, last) or time.monotonic() > deadline)
+    assert store.list("dlq/") == []  # nothing in the store's folder: all went to the topic
+    assert len(stored_offsets(store, topic)) == 1000 - len(bad)
+    consumer = KafkaConsumer(
+        f"{topic}.dlq",
+        bootstrap_servers=kafka_broker,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    letters = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    keys = {(x["partition"], x["offset"]) for x in letters}
+    assert len(letters) == len(keys) == len(bad)
+    assert {x["reason"] for x in letters} == {"schema", "not_utf8"}
+    binary = next(x for x in letters if x["reason"] == "not_utf8")
+    assert binary["raw_encoding"] == "base64" and binary["raw"] == "//4="
+    markers = [json.loads(store.get(k)) for k in store.list(f"ranges/{topic}/")]
+    assert sum(m["dead"] for m in markers) == len(bad)
+    assert all(m["files"][-1] == f"kafka:{topic}.dlq" for m in markers if m["dead"])
 
 
 def _s3_env() -> dict[str, str]:
@@ -340,3 +381,86 @@ def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: str, tmp_path: Pat
         stop(proc)
     assert all_durable(open_store(store_uri), topic, last)
     assert len(stored_offsets(open_store(store_uri), topic)) == 500
+    # Structured logs: one JSON object per line, the batch's coordinates as fields.
+    lines = [json.loads(x) for x in (tmp_path / "i.log").read_text().splitlines() if x.strip()]
+    wrote = [x for x in lines if x["msg"] == "wrote batch"]
+    assert [(x["topic"], x["partition"], x["first"], x["last"]) for x in wrote] == [
+        (topic, 0, 0, 499)
+    ]
+    assert wrote[0]["valid"] == 500 and wrote[0]["bytes"] > 0
+    assert any(x["msg"].startswith("signal 15") for x in lines)
+
+
+def test_s3_outage_mid_run_retries_commits_nothing_then_resumes(
+    kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real thing: `python -m ingestor` writing to moto's S3 server, which is stopped while
+    events keep arriving and started again later."""
+    import boto3
+    from kafka.admin import KafkaAdminClient
+
+    from tests.helpers import free_port, start_moto
+
+    s3_port, metrics_port = free_port(), free_port()
+    s3_env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    s3 = start_moto(s3_port, tmp_path / "moto-1.log")
+    boto3.client("s3").create_bucket(Bucket="events")
+    topic = f"rate_{uuid.uuid4().hex[:8]}"
+    group = f"g-{topic}"
+    create_topic(kafka_broker, topic, 1)
+    values, _ = _events(800, bad_every=0)
+    first = produce(kafka_broker, topic, values[:500])
+    env = {
+        **s3_env,
+        "INGEST_BROKERS": kafka_broker,
+        "INGEST_TOPICS": f"{topic}=rate",
+        "INGEST_GROUP": group,
+        "INGEST_STORE": "s3://events/marquee",
+        "INGEST_METRICS_PORT": str(metrics_port),
+        "INGEST_BATCH_SIZE": "100",
+        "INGEST_FLUSH_SECONDS": "1",
+    }
+    proc = start([python(), "-m", "ingestor"], env=env, log=tmp_path / "i.log")
+    store = open_store("s3://events/marquee")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
+
+    def committed() -> int:
+        offsets = admin.list_group_offsets(group).get(group, {})
+        return max((o.offset for o in offsets.values()), default=-1)
+
+    def wait(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert proc.poll() is None, (tmp_path / "i.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+    try:
+        wait(lambda: all_durable(store, topic, first) and committed() == 500, "first wave")
+        stop(s3)  # S3 goes away; events keep coming
+        second = produce(kafka_broker, topic, values[500:])
+        wait(lambda: _metric(metrics_port, "ingest_store_errors_total") >= 2, "store errors")
+        wait(lambda: _metric(metrics_port, "ingest_consumed_total{") == 800, "consumption")
+        assert _metric(metrics_port, "ingest_store_failing ") == 1
+        assert committed() == 500  # nothing committed while the store is down
+        s3 = start_moto(s3_port, tmp_path / "moto-2.log")  # back, empty (moto keeps no state)
+        boto3.client("s3").create_bucket(Bucket="events")
+        wait(lambda: all_durable(store, topic, second) and committed() == 800, "second wave")
+        assert _metric(metrics_port, "ingest_store_failing ") == 0
+        assert sorted(o for _, o in stored_offsets(store, topic)) == list(range(500, 800))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        admin.close()
+        stop(proc)
+        stop(s3)
+    log_lines = [json.loads(x) for x in (tmp_path / "i.log").read_text().splitlines() if x]
+    failures = [x for x in log_lines if x["msg"].startswith("store write failed")]
+    assert failures and all(x["topic"] == topic and x["level"] == "ERROR" for x in failures)

@@ -260,7 +260,7 @@ def test_request_id_everywhere_and_json_access_log(registry: str, caplog) -> Non
         "model": "als",
         "version": "v0.2",
     }.items() <= next(f for f in fields if f["request_id"] == "abc-2").items()
-    from recommender.telemetry import JsonFormatter
+    from model_registry.logs import JsonFormatter
 
     line = JsonFormatter().format(records[-1])
     assert json.loads(line)["request_id"] in ("abc-1", "abc-2")
