@@ -226,9 +226,11 @@ def test_a_stalled_store_stops_consumption_after_max_pending_writes() -> None:
     loop.join(0.3)
     assert loop.is_alive()  # blocked in flush(), not buffering all 20 events
     assert source.position == 20 and len(ing._pending) == 2  # one writing, one waiting
+    assert ing.metrics.consumed.labels("rate")._value.get() == 20  # published before blocking
     store.gate.set()
     loop.join(10)
     ing.flush_all()
+    assert ing.metrics.valid.labels("rate")._value.get() == 20  # none lost to that early publish
     assert offsets_in_store(store) == [("rate", 0, i) for i in range(20)]
     assert source.committed == {("rate", 0): 20}
 
