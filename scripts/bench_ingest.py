@@ -7,6 +7,8 @@ events to a 4-partition topic, then in separate processes (so each one's peak me
             shows what the ingestor's own work costs, not what the GC setting gains
   local     the ingestor: validate + batch + Parquet to a local folder + commit
   s3        the same to the S3 server over HTTP
+  memory    (once) the ingestor's own cost per event, without Kafka: the same events from memory
+            into a memory store, and validation alone
 Rates count from the first record received to the last one durable. Writes JSON.
 
     python scripts/bench_ingest.py --events 200000 --rounds 3 --out benchmarks/results/ingest.json
@@ -129,6 +131,37 @@ def phase_ingest(brokers: str, topic: str, total: int, store_uri: str, batch: in
     }
 
 
+def phase_memory(total: int, batch: int) -> dict:
+    from ingestor.runner import Ingestor, tune_gc
+    from ingestor.schema import parser_for
+    from ingestor.source import MemorySource, Record
+    from model_registry.storage import MemoryStore
+
+    tune_gc()
+    values = [
+        json.dumps({"user_id": 1 + i % 5000, "movie_id": 1 + i % 3000, "rating": 4, "ts": TS + i})
+        for i in range(total)
+    ]
+    records = [Record("rate", i % 4, i // 4, v.encode()) for i, v in enumerate(values)]
+    parse = parser_for("rate")
+    started = time.perf_counter()
+    for record in records:
+        parse(record.value)
+    validate_us = (time.perf_counter() - started) / total * 1e6
+    ingestor = Ingestor(MemoryStore("bench"), {"rate": "rate"}, batch_size=batch)
+    ingestor.source = MemorySource(records)
+    started = time.perf_counter()
+    while ingestor.step():
+        pass
+    ingestor.flush_all()
+    full_us = (time.perf_counter() - started) / total * 1e6
+    return {
+        "events": total,
+        "validate_us_per_event": round(validate_us, 2),
+        "ingest_us_per_event": round(full_us, 2),
+    }
+
+
 def run_phase(name: str, argv: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--phase", name, *argv],
@@ -169,7 +202,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.phase:
         brokers, topic, total = args.args[0], args.args[1], int(args.args[2])
-        if args.phase in ("raw", "raw_gc"):
+        if args.phase == "memory":
+            result = phase_memory(total, int(args.args[3]))
+        elif args.phase in ("raw", "raw_gc"):
             result = phase_raw(brokers, topic, total, gc_tuned=args.phase == "raw_gc")
         else:
             result = phase_ingest(brokers, topic, total, args.args[3], int(args.args[4]))
@@ -242,6 +277,9 @@ def main() -> int:
                     flush=True,
                 )
             results["rounds"] = rounds
+            memory_args = ["-", "-", str(args.events), str(args.batch_size)]
+            results["memory"] = run_phase("memory", memory_args)
+            print("memory", results["memory"], flush=True)
             shares = [k for k in rounds[0] if "_share_of_" in k]
             for key in shares:
                 results[f"median_{key}"] = sorted(r[key] for r in rounds)[len(rounds) // 2]
