@@ -140,8 +140,10 @@ class Ingestor:
 
     # ---- rebalance hooks --------------------------------------------------------------------
     def on_assign(self, partitions: list[TopicPartition]) -> None:
-        for topic in {t for t, _ in partitions}:
-            for p, ranges in durable_ranges(self.store, topic).items():
+        # Only the assigned partitions' markers: each member of the group reads its share.
+        for topic, p in partitions:
+            ranges = durable_ranges(self.store, topic, p).get(p)
+            if ranges:
                 self._durable[(topic, p)] = ranges
         log.info("assigned", extra={"fields": {"partitions": sorted(partitions)}})
 

@@ -136,10 +136,13 @@ def write_batch(
     return [*written, (marker, len(data))]
 
 
-def durable_ranges(store: BlobStore, topic: str) -> dict[int, list[tuple[int, int]]]:
-    """Per partition, the offset ranges already made durable, sorted."""
+def durable_ranges(
+    store: BlobStore, topic: str, partition: int | None = None
+) -> dict[int, list[tuple[int, int]]]:
+    """Per partition (all, or the one given), the offset ranges already made durable, sorted."""
+    prefix = f"ranges/{topic}/" + ("" if partition is None else f"part-{partition:05d}-")
     out: dict[int, list[tuple[int, int]]] = {}
-    for key in store.list(f"ranges/{topic}/"):
+    for key in store.list(prefix):
         m = _RANGE.match(key)
         if m:
             out.setdefault(int(m["p"]), []).append((int(m["first"]), int(m["last"])))

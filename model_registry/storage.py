@@ -108,8 +108,15 @@ class LocalStore(BlobStore):
             os.unlink(tmp)
 
     def list(self, prefix: str = "") -> list[str]:
+        # Walk only the folder the prefix names ('ranges/rate/part-00003-' -> ranges/rate/), not
+        # the whole store: the ingestor's markers sit beside many snapshot files.
+        folder, _, _ = prefix.rpartition("/")
+        try:
+            top = self._path(folder) if folder else self.root
+        except InvalidKey:
+            return []  # no valid key lies below '../x/', '/etc/' and the like
         keys = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in os.walk(top):
             for name in files:
                 if name.startswith(".tmp-"):
                     continue

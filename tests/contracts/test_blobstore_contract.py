@@ -54,6 +54,10 @@ def test_list_is_sorted_and_prefix_filtered(store: BlobStore) -> None:
         store.put(key, b"1")
     assert store.list("v0.1/") == ["v0.1/a", "v0.1/b"]
     assert store.list() == ["other", "v0.1/a", "v0.1/b", "v0.2/x"]
+    assert store.list("v0.1/a") == ["v0.1/a"]  # a prefix may end inside a name
+    assert store.list("v0.") == ["v0.1/a", "v0.1/b", "v0.2/x"]
+    assert store.list("v0.3/") == [] and store.list("nothing/below/") == []
+    assert store.list("../") == store.list("/etc/") == store.list("v0.1/../") == []
 
 
 def test_delete_is_idempotent(store: BlobStore) -> None:

@@ -172,6 +172,8 @@ def test_revoke_flushes_without_committing() -> None:
     ing.on_revoke([("rate", 1)])
     assert source.committed == {} and set(ing.batches) == {("rate", 0)}
     assert durable_ranges(store, "rate") == {1: [(0, 0)]}  # the next owner will skip it
+    assert durable_ranges(store, "rate", 1) == {1: [(0, 0)]}  # what that owner lists
+    assert durable_ranges(store, "rate", 0) == durable_ranges(store, "rate", 10) == {}
 
 
 def test_snapshot_id_changes_with_content() -> None:
