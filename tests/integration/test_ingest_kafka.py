@@ -464,3 +464,22 @@ def test_s3_outage_mid_run_retries_commits_nothing_then_resumes(
     log_lines = [json.loads(x) for x in (tmp_path / "i.log").read_text().splitlines() if x]
     failures = [x for x in log_lines if x["msg"].startswith("store write failed")]
     assert failures and all(x["topic"] == topic and x["level"] == "ERROR" for x in failures)
+
+
+def test_lag_comes_from_the_fetch_high_watermark(kafka_broker: str) -> None:
+    topic = f"rate_{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_broker, topic, 1)
+    produce(kafka_broker, topic, _events(1000, bad_every=0)[0])
+    source = KafkaSource(
+        kafka_broker, [topic], f"g-{topic}", lambda tps: None, lambda tps: None, **FAST_GROUP
+    )
+    try:
+        seen = 0
+        deadline = time.monotonic() + 60
+        while seen < 300 and time.monotonic() < deadline:
+            seen += sum(len(r) for r in source.poll(max_records=100, timeout_s=0.5).values())
+        assert seen == 300
+        # Tansu answers end_offsets() with the last batch's base offset + 1; highwater() is right.
+        assert source.lag() == {(topic, 0): 700}
+    finally:
+        source.close()
