@@ -93,7 +93,9 @@ def to_parquet(topic: str, partition: int, rows: ValidRows) -> bytes:
         schema=pa.schema(COLUMNS),
     )
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    # Dictionary encoding only where values repeat (topic, kind): on ids, timestamps and payloads
+    # it made files larger (121 vs 71 KB per 10k rate events) and writing 35% slower.
+    pq.write_table(table, buf, compression="zstd", use_dictionary=["topic", "kind"])
     return buf.getvalue()
 
 

@@ -63,6 +63,12 @@ def test_valid_json_events() -> None:
     ("rate", {"user_id": True, "movie_id": 2, "rating": 4, "ts": TS}, "schema"),
     ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": 4102444800000}, "schema"),
     ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": 5}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": True}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": 1763650561609.5}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": "2100-01-01T00:00:00Z"}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": "1990-01-01T00:00:00"}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": "yesterday"}, "schema"),
+    ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": "2022-03-18" * 5}, "schema"),
     ("rate", {"user_id": 1, "movie_id": 2, "rating": 4}, "schema"),
     ("rate", {"user_id": 1, "movie_id": 2, "rating": 4, "ts": TS, "extra": 1}, "schema"),
     ("watch", {"user_id": 1, "movie_id": 2, "minute": -1, "ts": TS}, "schema"),
@@ -117,6 +123,8 @@ def test_log_line_failures_say_why() -> None:
         "rate", b"2022-03-18T05:53:29,1,GET /rate/ghostbusters+1984=7", CATALOGUE
     )
     assert bad_rating.reason == "schema"
+    future = parse_event("rate", b"2100-01-01T00:00:00,1,GET /rate/ghostbusters+1984=4", CATALOGUE)
+    assert future == DeadLetter("schema", "ts: more than a day in the future")
 
 
 def test_slugs() -> None:
