@@ -391,11 +391,14 @@ def test_sigterm_flushes_commits_and_exits_zero(kafka_broker: str, tmp_path: Pat
     assert any(x["msg"].startswith("signal 15") for x in lines)
 
 
+@pytest.mark.parametrize("outlasts_poll_interval", [False, True], ids=["short", "long"])
 def test_s3_outage_mid_run_retries_commits_nothing_then_resumes(
-    kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outlasts_poll_interval: bool
 ) -> None:
     """The real thing: `python -m ingestor` writing to moto's S3 server, which is stopped while
-    events keep arriving and started again later."""
+    events keep arriving and started again later. A "long" outage outlasts the consumer's
+    max.poll.interval: the blocked member is dropped from the group, its commit after the store
+    returns is refused, and it rejoins and replays past its range markers."""
     import boto3
     from kafka.admin import KafkaAdminClient
 
@@ -426,6 +429,8 @@ def test_s3_outage_mid_run_retries_commits_nothing_then_resumes(
         "INGEST_METRICS_PORT": str(metrics_port),
         "INGEST_BATCH_SIZE": "100",
         "INGEST_FLUSH_SECONDS": "1",
+        "INGEST_SESSION_TIMEOUT_MS": "6000",
+        "INGEST_MAX_POLL_INTERVAL_MS": "3000" if outlasts_poll_interval else "300000",
     }
     proc = start([python(), "-m", "ingestor"], env=env, log=tmp_path / "i.log")
     store = open_store("s3://events/marquee")
@@ -450,11 +455,17 @@ def test_s3_outage_mid_run_retries_commits_nothing_then_resumes(
         wait(lambda: _metric(metrics_port, "ingest_consumed_total{") == 800, "consumption")
         assert _metric(metrics_port, "ingest_store_failing ") == 1
         assert committed() == 500  # nothing committed while the store is down
+        if outlasts_poll_interval:
+            time.sleep(6)  # the loop is blocked on the store: the group drops this member
+            assert committed() == 500
         s3 = start_moto(s3_port, tmp_path / "moto-2.log")  # back, empty (moto keeps no state)
         boto3.client("s3").create_bucket(Bucket="events")
         wait(lambda: all_durable(store, topic, second) and committed() == 800, "second wave")
         assert _metric(metrics_port, "ingest_store_failing ") == 0
         assert sorted(o for _, o in stored_offsets(store, topic)) == list(range(500, 800))
+        if outlasts_poll_interval:
+            assert _metric(metrics_port, "ingest_commits_refused_total") >= 1
+            assert _metric(metrics_port, "ingest_replayed_skipped_total{") >= 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
