@@ -8,7 +8,9 @@ course streams carry them:
     2022-03-18T05:53:30,162591,recommendation request host, status 200, result: 1, 2, 3, 45 ms
                                                                               -> reco_response
 
-`parse_event` never raises for bad data: it returns a `DeadLetter` with the reason instead.
+`parser_for(kind)` (and `parse_event`, its one-message form) never raises for bad data: it
+returns a `DeadLetter` with the reason instead. It also applies the one rule that moves with the
+clock, "ts not more than a day ahead", which the models cannot hold as a fixed bound.
 """
 
 from __future__ import annotations
