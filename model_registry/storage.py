@@ -15,6 +15,8 @@ import re
 import tempfile
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse
@@ -191,79 +193,61 @@ class S3Store(BlobStore):
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _fail(self, key: str, exc: Exception) -> StorageError:
-        return StorageError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}")
-
-    def get(self, key: str) -> bytes:
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """botocore's errors as ours: a missing object is BlobNotFound, the rest StorageError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise BlobNotFound(f"{self.uri}/{key}: not found") from None
-            raise self._fail(key, exc) from None
+            raise StorageError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from None
         except BotoCoreError as exc:
-            raise self._fail(key, exc) from None
+            raise StorageError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from None
+
+    def get(self, key: str) -> bytes:
+        with self._errors(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def put(self, key: str, data: bytes) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._errors(key):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._fail(key, exc) from None
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
-            return True
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status in (409, 412):  # PreconditionFailed / ConditionalRequestConflict
-                return False
-            raise self._fail(key, exc) from None
-        except BotoCoreError as exc:
-            raise self._fail(key, exc) from None
+        with self._errors(key):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
+                return True
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status in (409, 412):  # PreconditionFailed / ConditionalRequestConflict
+                    return False
+                raise
 
     def list(self, prefix: str = "") -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         base = f"{self.prefix}/" if self.prefix else ""
         keys = []
-        try:
+        with self._errors(prefix):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=base + prefix
             )
             for page in pages:
                 keys.extend(obj["Key"][len(base) :] for obj in page.get("Contents", []))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._fail(prefix, exc) from None
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._fail(key, exc) from None
 
     def size(self, key: str) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._errors(key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise BlobNotFound(f"{self.uri}/{key}: not found") from None
-            raise self._fail(key, exc) from None
-        except BotoCoreError as exc:
-            raise self._fail(key, exc) from None
         return int(head["ContentLength"])
 
 
