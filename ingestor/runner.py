@@ -89,7 +89,9 @@ class Batch:
     started: float
     rows: ValidRows = field(default_factory=ValidRows)
     dead: list[DeadRow] = field(default_factory=list)
-    size: int = 0  # len(rows) + len(dead)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.dead)
 
 
 @dataclass(slots=True)
@@ -238,7 +240,7 @@ class Ingestor:
             batch = self.batches.get(tp)
             if batch is None:
                 batch = self.batches[tp] = Batch(records[start].offset, 0, self.clock())
-            chunk = records[start : start + self.batch_size - batch.size]
+            chunk = records[start : start + self.batch_size - len(batch)]
             rows, dead = batch.rows, batch.dead
             valid_before = len(rows)
             for record in chunk:
@@ -257,9 +259,8 @@ class Ingestor:
                 rows.payloads.append(payload)
             counts[1] += len(rows) - valid_before
             batch.last = chunk[-1].offset
-            batch.size += len(chunk)
             start += len(chunk)
-            if batch.size >= self.batch_size:
+            if len(batch) >= self.batch_size:
                 self.flush(tp)
 
     @staticmethod

@@ -11,31 +11,33 @@ from model_registry.storage import MemoryStore
 
 
 class FlakyProducer:
-    """kafka-python's producer surface, failing the first `failures` sends."""
+    """kafka-python's producer surface; the first `failures` acks waited for raise."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    def send(self, topic: str, key: bytes, value: bytes):
-        from kafka.errors import KafkaTimeoutError
-
-        producer = self
-
-        class Sent:
-            def get(self, timeout: float) -> None:
-                if producer.failures:
-                    producer.failures -= 1
-                    raise KafkaTimeoutError("no ack from the brokers")
-                producer.sent.append((topic, key, value))
-
-        return Sent()
+    def send(self, topic: str, key: bytes, value: bytes) -> Ack:
+        return Ack(self, (topic, key, value))
 
     def flush(self, timeout: float) -> None:
         pass
 
     def close(self, timeout: float) -> None:
         pass
+
+
+class Ack:
+    def __init__(self, producer: FlakyProducer, record: tuple[str, bytes, bytes]) -> None:
+        self.producer, self.record = producer, record
+
+    def get(self, timeout: float) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        if self.producer.failures:
+            self.producer.failures -= 1
+            raise KafkaTimeoutError("no ack from the brokers")
+        self.producer.sent.append(self.record)
 
 
 def test_store_sink_writes_one_json_line_per_dead_letter() -> None:
