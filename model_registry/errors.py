@@ -27,3 +27,23 @@ class ReleaseNotFound(RegistryError):
 
 class ReleaseCorrupt(RegistryError):
     """A release whose files do not match the hashes recorded when it was published."""
+
+
+class ReleaseMalformed(ReleaseCorrupt):
+    """A release whose hashes match but whose structure the registry relies on is unusable
+    (a meta.json that is not a JSON object, `files` that is not a name -> sha256 map)."""
+
+
+class Conflict(RegistryError):
+    """Another writer changed the control plane since the caller read it: nothing was written.
+
+    `current` is the newest record of that stream (a `control.Record`), or None.
+    """
+
+    def __init__(self, message: str, current=None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class InvalidControl(RegistryError):
+    """A control-plane change that is not valid (unknown arm, bad weights, no release to use)."""

@@ -5,8 +5,7 @@
     <root>/vX.Y/<part>/*.npy      artifact files
     <root>/vX.Y/manifest.json     written LAST; holds the sha256 of every meta.json
     <root>/latest.txt             newest complete release (a hint; readers list manifests)
-    <root>/production.json        the release in production: {version, at, by, reason}
-    <root>/audit/<log>/<ms>-<id>.json   append-only audit events (switches, weight changes)
+    <root>/control/...            production pointer, experiment state, decisions (control.py)
 
 A version without a manifest does not exist for readers, so a crashed publish is invisible, and
 two publishers can never share a number because the claim is a create-if-absent.
@@ -20,24 +19,23 @@ import os
 import re
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from model_registry.errors import (
     BlobNotFound,
-    InvalidKey,
     InvalidVersion,
     ReleaseCorrupt,
+    ReleaseMalformed,
     ReleaseNotFound,
 )
 from model_registry.storage import BlobStore, open_store
 
-AUDIT_LOG = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 FORMAT_MAJOR = 0  # grows when the artifact format changes incompatibly
-VERSION_RE = re.compile(r"^v(\d{1,6})\.(\d{1,9})$")
+VERSION_RE = re.compile(r"^v([0-9]{1,6})\.([0-9]{1,9})\Z")  # ASCII digits, whole string
 MANIFEST = "manifest.json"
 META = "meta.json"
+_NAME = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,128}\Z")  # one path segment; not . or ..
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -73,7 +71,7 @@ class Registry:
     def versions(self) -> list[str]:
         """Complete releases, oldest first."""
         found = []
-        for key in self.store.list():
+        for key in self.store.list("v"):  # release folders only: not control/, audit/, snapshots
             parts = key.split("/")
             if len(parts) == 2 and parts[1] == MANIFEST and VERSION_RE.match(parts[0]):
                 found.append(parts[0])
@@ -107,14 +105,43 @@ class Registry:
         if not isinstance(parts, dict) or not parts:
             raise ReleaseCorrupt(f"release {version}: manifest lists no parts")
         for part, meta_sha in parts.items():
-            meta_raw = self._verified(version, f"{part}/{META}", meta_sha)
-            meta = json.loads(meta_raw)
+            meta_raw, files = self._part_meta(version, part, meta_sha)
             target = dest / part
             target.mkdir(parents=True, exist_ok=True)
             (target / META).write_bytes(meta_raw)
-            for name, file_sha in meta.get("files", {}).items():
+            for name, file_sha in files.items():
                 (target / name).write_bytes(self._verified(version, f"{part}/{name}", file_sha))
         return manifest
+
+    def read_part_file(self, version: str, part: str, name: str) -> bytes:
+        """One file of a release, its hash checked through manifest -> meta.json -> file."""
+        parts = self.manifest(version).get("parts")
+        if not isinstance(parts, dict) or not isinstance(parts.get(part), str):
+            raise ReleaseMalformed(f"release {version}: has no part {part!r}")
+        _, files = self._part_meta(version, part, parts[part])
+        if name not in files:
+            raise ReleaseMalformed(f"release {version}: {part} has no file {name!r}")
+        return self._verified(version, f"{part}/{name}", files[name])
+
+    def _part_meta(self, version: str, part: str, meta_sha: Any) -> tuple[bytes, dict[str, str]]:
+        """A part's verified meta.json and its {file name: sha256} (the part's format is the
+        reader's business; the registry needs only that map)."""
+        if not isinstance(part, str) or not _NAME.match(part) or not isinstance(meta_sha, str):
+            raise ReleaseMalformed(f"release {version}: manifest part {part!r} is malformed")
+        meta_raw = self._verified(version, f"{part}/{META}", meta_sha)
+        try:
+            meta = json.loads(meta_raw)
+        except ValueError:
+            raise ReleaseMalformed(f"release {version}: {part}/{META} is not valid JSON") from None
+        files = meta.get("files", {}) if isinstance(meta, dict) else None
+        if not isinstance(files, dict) or not all(
+            isinstance(n, str) and _NAME.match(n) and n != META and isinstance(h, str)
+            for n, h in files.items()
+        ):
+            raise ReleaseMalformed(
+                f"release {version}: {part}/{META} needs an object with files {{name: sha256}}"
+            )
+        return meta_raw, files
 
     def _verified(self, version: str, rel: str, expected: str) -> bytes:
         try:
@@ -130,7 +157,7 @@ class Registry:
         """Reserve the next free vMAJOR.MINOR atomically (safe with concurrent publishers)."""
         taken = {
             parse_version(k.split("/")[0])
-            for k in self.store.list()
+            for k in self.store.list("v")
             if VERSION_RE.match(k.split("/")[0])
         }
         minor = max((m for (maj, m) in taken if maj == FORMAT_MAJOR), default=0) + 1
@@ -168,48 +195,3 @@ class Registry:
         newest = self.latest() or version
         self.store.put("latest.txt", f"{newest}\n".encode())
         return version
-
-    # ---- production pointer and audit log ---------------------------------------------------
-    def production(self) -> dict[str, Any] | None:
-        """What production.json says is in production (None before the first switch)."""
-        try:
-            record = json.loads(self.store.get("production.json"))
-        except BlobNotFound:
-            return None
-        except ValueError:
-            raise ReleaseCorrupt("production.json is not valid JSON") from None
-        if not isinstance(record, dict) or not VERSION_RE.match(str(record.get("version", ""))):
-            raise ReleaseCorrupt("production.json does not name a valid version")
-        return record
-
-    def set_production(
-        self, version: str, by: str, reason: str, previous: str | None = None
-    ) -> dict[str, Any]:
-        """Point production at a complete release and audit who/when/from/to/why.
-
-        `previous` is what the caller was serving; by default, what production.json said.
-        """
-        self.manifest(version)  # refuses anything that is not a complete release
-        if previous is None:
-            record_before = self.production()
-            previous = record_before["version"] if record_before else None
-        record = {"version": version, "at": time.time(), "by": by, "reason": reason}
-        self.store.put("production.json", _dumps(record))
-        old = previous
-        self.append_audit("switches", {**record, "from": old, "to": version})
-        return record
-
-    def append_audit(self, log: str, event: dict[str, Any]) -> str:
-        """Write one immutable event; keys sort by time, so listing them is the history."""
-        if not AUDIT_LOG.match(log):
-            raise InvalidKey(f"invalid audit log name {log!r}")
-        key = f"audit/{log}/{int(time.time() * 1000):015d}-{uuid.uuid4().hex[:12]}.json"
-        self.store.put(key, _dumps({"at": time.time(), **event}))
-        return key
-
-    def audit(self, log: str, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest `limit` events of an audit log, oldest first."""
-        if not AUDIT_LOG.match(log):
-            raise InvalidKey(f"invalid audit log name {log!r}")
-        keys = self.store.list(f"audit/{log}/")[-limit:] if limit > 0 else []
-        return [json.loads(self.store.get(k)) for k in keys]

@@ -69,9 +69,10 @@ class BlobStore(ABC):
 
 class LocalStore(BlobStore):
     def __init__(self, root: Path) -> None:
+        # No mkdir here: reading (listing, verifying, serving) must not create folders; the
+        # first write creates what it needs (_write_temp), and a missing root lists as empty.
         self.root = root.resolve()
         self.uri = self.root.as_uri()
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -118,7 +119,15 @@ class LocalStore(BlobStore):
         except InvalidKey:
             return []  # no valid key lies below '../x/', '/etc/' and the like
         keys = []
-        for dirpath, _dirs, files in os.walk(top):
+        for dirpath, dirs, files in os.walk(top):
+            # Prune folders the prefix rules out ('v' walks v0.1/, v0.2/ but not snapshots/).
+            here = Path(dirpath).relative_to(self.root).as_posix()
+            here = "" if here == "." else here + "/"
+            dirs[:] = [
+                d
+                for d in dirs
+                if (here + d + "/").startswith(prefix) or prefix.startswith(here + d + "/")
+            ]
             for name in files:
                 if name.startswith(".tmp-"):
                     continue

@@ -25,6 +25,13 @@ class ReleaseRefused(ServiceError):
     code = "release_refused"
 
 
+class ReleaseInvalid(ReleaseRefused):
+    """A release whose hashes match but whose contents break the format (schema, shapes, dtypes,
+    non-finite scores). A kind of refusal: counted and handled wherever refusals are."""
+
+    code = "release_invalid"
+
+
 class ReleaseNotFound(ServiceError):
     status = 404
     code = "release_not_found"
@@ -43,3 +50,10 @@ class InvalidRequest(ServiceError):
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"
+
+
+class ConflictError(ServiceError):
+    """The control plane moved on since the caller read it; nothing was written."""
+
+    status = 409
+    code = "conflict"

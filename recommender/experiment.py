@@ -1,70 +1,19 @@
-"""A/B experiment: named arms with weights, sticky per user through a salted SHA-256 hash.
+"""A/B routing: a user's arm is sticky through a salted SHA-256 hash onto cumulative weights.
 
-Assignment never uses Python's `hash()` (salted per process): the same user lands in the same arm
-in every process and after every restart, as long as salt and weights are unchanged.
+The experiment itself (arms, weights, salt, status) is control-plane state
+(`model_registry.experiments`); this module only assigns users. Assignment never uses Python's
+`hash()` (salted per process): the same user lands in the same arm in every replica and after
+every restart, as long as salt and weights are unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import re
 from collections import Counter
-from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from model_registry.experiments import Arm, ExperimentConfig, parse_model_ref
 
-MODEL_REF = re.compile(r"^(?:(v\d{1,6}\.\d{1,9})/)?([a-z]{1,32})$")
-
-
-def parse_model_ref(ref: str) -> tuple[str | None, str]:
-    """'als' -> (None, 'als'); 'v0.3/ncf' -> ('v0.3', 'ncf'); anything else is a ValueError."""
-    match = MODEL_REF.match(ref)
-    if not match:
-        raise ValueError(f"model {ref!r} is not a kind or vMAJOR.MINOR/kind")
-    return match.group(1), match.group(2)
-
-
-class Arm(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    model: str
-    weight: float = Field(ge=0, le=1e6)
-
-    @field_validator("model")
-    @classmethod
-    def _model_ref(cls, value: str) -> str:
-        parse_model_ref(value)
-        return value
-
-
-class ExperimentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(default="default", max_length=128)
-    salt: str = Field(min_length=1, max_length=256)
-    arms: list[Arm] = Field(min_length=1, max_length=32)
-
-    @model_validator(mode="after")
-    def _sane(self) -> ExperimentConfig:
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError("arm names must be unique")
-        total = sum(a.weight for a in self.arms)
-        if not math.isfinite(total) or total <= 0:
-            raise ValueError("arm weights must add up to more than 0")
-        return self
-
-    @classmethod
-    def from_file(cls, path: Path) -> ExperimentConfig:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return cls.model_validate(yaml.safe_load(text))
-        return cls.model_validate(json.loads(text))
+__all__ = ["Arm", "Experiment", "ExperimentConfig", "bucket", "parse_model_ref"]
 
 
 def bucket(salt: str, user_id: int) -> float:
@@ -74,18 +23,18 @@ def bucket(salt: str, user_id: int) -> float:
 
 
 class Experiment:
-    def __init__(self, config: ExperimentConfig) -> None:
-        self.counts: Counter[str] = Counter()
-        self._apply(config)
+    """An immutable routing table for one experiment record; a change builds a new one."""
 
-    def _apply(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, seq: int = 0, counts: Counter | None = None):
+        self.config = config
+        self.seq = seq  # the control-plane record this routes by (0: local config only)
+        self.counts: Counter[str] = counts if counts is not None else Counter()
         total = sum(a.weight for a in config.arms)
         edges, running = [], 0.0
         for arm in config.arms:
             running += arm.weight / total
             edges.append(running)
         edges[-1] = 1.0  # no user falls off the end through rounding
-        self.config = config
         self._edges = edges
 
     def assign(self, user_id: int) -> Arm:
@@ -95,20 +44,19 @@ class Experiment:
                 return arm
         return next(a for a in reversed(self.config.arms) if a.weight > 0)
 
-    def set_weights(self, weights: dict[str, float]) -> ExperimentConfig:
-        """New weights for the same arms (every arm named once); validated before it applies."""
-        names = {a.name for a in self.config.arms}
-        if set(weights) != names:
-            raise ValueError(f"weights must name exactly the arms {sorted(names)}")
-        arms = [a.model_copy(update={"weight": weights[a.name]}) for a in self.config.arms]
-        config = ExperimentConfig.model_validate(
-            {**self.config.model_dump(), "arms": [a.model_dump() for a in arms]}
-        )
-        self._apply(config)
-        return config
-
-    def describe(self) -> dict:
+    def describe(self, show_salt: bool = False) -> dict:
+        body = self.config.model_dump() if show_salt else self.config.public()
         return {
-            **self.config.model_dump(),
+            **body,
+            "seq": self.seq,
             "counts": {a.name: self.counts[a.name] for a in self.config.arms},
         }
+
+
+def load_config(text: str, yaml_text: bool = False) -> ExperimentConfig:
+    """An experiment from REC_EXPERIMENT (JSON) or REC_EXPERIMENT_FILE (JSON or YAML)."""
+    if yaml_text:
+        import yaml
+
+        return ExperimentConfig.model_validate(yaml.safe_load(text))
+    return ExperimentConfig.model_validate_json(text)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from model_registry.registry import Registry, parse_version
-from recommender.errors import NotReady, ReleaseNotLoaded
+from recommender.errors import NotReady, ReleaseNotLoaded, ReleaseRefused
 from recommender.release import LoadedRelease, load_release
 
 log = logging.getLogger("recommender.pool")
@@ -55,20 +55,45 @@ class ModelPool:
     def loaded(self) -> list[LoadedRelease]:
         return [self._loaded[v] for v in self.versions()]
 
-    def load(self, version: str) -> LoadedRelease:
-        """Load (or reuse) a release as a candidate; blocking, so call it off the event loop."""
+    def load(self, version: str, about_to_switch: bool = False) -> LoadedRelease:
+        """Load (or reuse) a release as a candidate; blocking, so call it off the event loop.
+
+        Refused when the pool is full of releases it may not evict (the active and pinned ones),
+        unless the caller is `about_to_switch` to it (then `trim` after a switch that failed).
+        """
         with self._lock:
-            return self._load_locked(version)
+            if about_to_switch:
+                return self._load_locked(version)
+            if version not in self._loaded and len(self._keep()) >= self.max_loaded:
+                raise ReleaseRefused(
+                    f"no room for {version}: max_loaded={self.max_loaded} is taken by the active "
+                    "and pinned releases"
+                )
+            release = self._load_locked(version)
+            self._evict(keep=self._keep() | {version})
+            return release
 
     def switch(self, version: str) -> tuple[str | None, LoadedRelease]:
-        """Make `version` active and return the one it replaced; raises before changing anything."""
+        """Make `version` active and return the one it replaced; raises before changing anything.
+
+        The old release stays in memory only until the assignment: in-flight requests hold their
+        own reference to it, so evicting it right after is safe.
+        """
         with self._lock:
             release = self._load_locked(version)
             previous = self.active.version if self.active else None
             self.active = release  # the one assignment readers can observe
             self._loaded.move_to_end(version)
+            self._evict(keep=self._keep())
             log.info("active release %s -> %s", previous, version)
             return previous, release
+
+    def trim(self) -> None:
+        with self._lock:
+            self._evict(keep=self._keep())
+
+    def _keep(self) -> set[str]:
+        return {self.active.version} | self.pinned if self.active else set(self.pinned)
 
     def _load_locked(self, version: str) -> LoadedRelease:
         parse_version(version)
@@ -76,14 +101,13 @@ class ModelPool:
         if release is None:
             release = load_release(self.registry, version, self.cache_dir, self.precompute_cells)
             self._loaded[version] = release
-            self._evict()
         return release
 
-    def _evict(self) -> None:
-        keep = {self.active.version if self.active else None, *self.pinned}
+    def _evict(self, keep: set[str]) -> None:
+        """Drop the least recently used releases not in `keep` until at most `max_loaded`."""
         for version in list(self._loaded):
             if len(self._loaded) <= self.max_loaded:
                 break
-            if version not in keep and version != next(reversed(self._loaded)):
+            if version not in keep:
                 del self._loaded[version]
                 log.info("unloaded release %s (max_loaded=%d)", version, self.max_loaded)

@@ -9,12 +9,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.models import KINDS
 
+MIN_ADMIN_TOKEN = 16  # shorter (or empty) tokens disable admin: guessable secrets are no secrets
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REC_", extra="ignore")
 
     registry: str = "file:///var/lib/marquee/registry"
-    version: str | None = None  # None: production.json's release, else the newest
+    # Serve this release while the control plane has no production pointer (then: the newest).
+    version: str | None = None
+    # Poll the control plane (pointer, experiment) this often; changes reach every replica.
+    sync_seconds: float = Field(default=5.0, gt=0, le=3600)
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     default_model: str = "als"
     candidates: str = ""  # comma separated versions to keep loaded beside the active one
     max_loaded: int = Field(default=3, ge=1, le=32)
@@ -22,7 +28,7 @@ class ServiceSettings(BaseSettings):
     # (ML-1M: 22M cells, yes; ML-25M: 10G, no). 0 scores every request on the fly.
     precompute_max_cells: int = Field(default=50_000_000, ge=0)
     cache_dir: str | None = None  # where fetched releases are unpacked while loading
-    admin_token: SecretStr | None = None  # bearer token for /switch and weight changes
+    admin_token: SecretStr | None = None  # bearer token for admin routes (>= MIN_ADMIN_TOKEN)
     experiment: str | None = None  # experiment config as JSON
     experiment_file: str | None = None  # ... or as a JSON/YAML file
     kafka_brokers: str | None = None  # set to publish every answer to `responses_topic`

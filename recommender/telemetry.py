@@ -58,6 +58,39 @@ class Telemetry:
             "Answers delivered to the responses topic",
             registry=r,
         )
+        # ---- the control plane (one poll every REC_SYNC_SECONDS) ----
+        self.sync_age = Gauge(
+            "marquee_control_sync_seconds",
+            "Seconds since the last successful poll of the control plane",
+            registry=r,
+        )
+        self.in_sync = Gauge(
+            "marquee_in_sync",
+            "1 when this replica serves what the control plane names (pointer and experiment)",
+            registry=r,
+        )
+        self.pointer_seq = Gauge(
+            "marquee_control_pointer_seq",
+            "Sequence number of the newest production-pointer record this replica has read",
+            registry=r,
+        )
+        self.experiment_seq = Gauge(
+            "marquee_control_experiment_seq",
+            "Sequence number of the experiment record this replica routes by (0: none)",
+            registry=r,
+        )
+        self.refused = Counter(
+            "marquee_control_refused_total",
+            "Admin and control actions refused, by reason",
+            ("reason",),
+            registry=r,
+        )
+        self.sync_errors = Counter(
+            "marquee_control_sync_errors_total",
+            "Control-plane polls or applies that failed, by reason",
+            ("reason",),
+            registry=r,
+        )
         self.dropped = Counter(
             "marquee_responses_dropped_total",
             "Answers not delivered to the responses topic, by reason",

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import free_port, python, start, stop, wait_for_http
 
-TOKEN = "live-token"
+TOKEN = "live-token-0123456789"
 
 
 def _serve(registry: str, log: Path, **env: str) -> tuple[object, str]:

@@ -107,7 +107,11 @@ def test_k_larger_than_unseen_catalogue_returns_what_exists(client: TestClient, 
         ("/recommend/1?model=svd", 404, "unknown_model"),
         ("/recommend/1?model=../../etc/passwd", 404, "unknown_model"),
         ("/recommend/1?model=" + "x" * 5000, 422, "invalid_request"),
-        ("/recommend/", 405, "method_not_allowed"),
+        ("/recommend/", 404, "not_found"),  # no slash redirect (it reflected the Host)
+        ("/recommend/٤٢", 422, "invalid_request"),  # Arabic-Indic digits
+        ("/recommend/４２", 422, "invalid_request"),  # fullwidth digits
+        ("/recommend/42%0A", 422, "invalid_request"),
+        ("/recommend/42?k=%D9%A3", 422, "invalid_request"),
         ("/nope", 404, "not_found"),
     ],
 )

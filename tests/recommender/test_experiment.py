@@ -75,13 +75,18 @@ def test_salt_reshuffles_users() -> None:
 
 
 def test_weight_change_is_validated() -> None:
-    exp = Experiment(_config({"a": 1, "b": 1}))
+    config = _config({"a": 1, "b": 1})
     for bad in ({"a": 1}, {"a": 1, "b": 1, "c": 1}, {"a": -1, "b": 1}, {"a": 0, "b": 0}):
         with pytest.raises((ValueError, ValidationError)):
-            exp.set_weights(bad)
-    assert [a.weight for a in exp.config.arms] == [1, 1]  # unchanged after refusals
-    exp.set_weights({"a": 0, "b": 3})
-    assert exp.assign(7).name == "b"
+            config.with_weights(bad)
+    assert [a.weight for a in config.arms] == [1, 1]  # the config is immutable
+    assert Experiment(config.with_weights({"a": 0, "b": 3})).assign(7).name == "b"
+
+
+def test_public_description_hides_the_salt() -> None:
+    exp = Experiment(_config({"a": 1, "b": 1}, salt="secret-salt"))
+    assert "secret-salt" not in str(exp.describe())
+    assert exp.describe(show_salt=True)["salt"] == "secret-salt"
 
 
 @pytest.mark.parametrize(
@@ -105,6 +110,6 @@ def test_bad_configs_are_refused(config: dict) -> None:
 def test_model_refs() -> None:
     assert parse_model_ref("als") == (None, "als")
     assert parse_model_ref("v0.12/ncf") == ("v0.12", "ncf")
-    for bad in ("", "ALS", "v0.1/", "/als", "v0.1/../als", "v0.1/als/x"):
+    for bad in ("", "ALS", "v0.1/", "/als", "v0.1/../als", "v0.1/als/x", "als\n", "v٠.1/als"):
         with pytest.raises(ValueError):
             parse_model_ref(bad)

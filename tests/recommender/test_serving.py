@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from model_registry.registry import Registry
+from model_registry.control import ControlPlane
 from recommender.app import create_app
 from recommender.settings import ServiceSettings
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EXPERIMENT = {
     "name": "als-vs-ncf",
@@ -33,7 +33,7 @@ def _client(registry: str, **settings) -> TestClient:
 
 @pytest.fixture
 def registry(two_releases: dict, tmp_path: Path) -> str:
-    """A private copy: these tests switch releases and write production.json and audit logs."""
+    """A private copy: these tests write the control plane (pointer, experiment, refusals)."""
     shutil.copytree(two_releases["root"], tmp_path / "reg")
     return (tmp_path / "reg").as_uri()
 
@@ -43,7 +43,7 @@ def test_serves_newest_then_production(registry: str) -> None:
         assert c.get("/healthz").json()["version"] == "v0.2"
         assert c.get("/version").json()["version"] == "v0.2"
         assert c.post("/switch", json={"version": "v0.1"}, headers=AUTH).status_code == 200
-    with _client(registry) as c:  # a restart keeps what production.json says
+    with _client(registry) as c:  # a restart serves what the pointer names
         assert c.get("/healthz").json()["version"] == "v0.1"
 
 
@@ -96,9 +96,15 @@ def test_weight_change_requires_token_is_validated_and_audited(registry: str) ->
         r = c.put("/experiment/weights", json=body, headers={**AUTH, "X-Actor": "alice"})
         assert r.status_code == 200
         assert {c.get(f"/recommend/{u}").json()["arm"] for u in range(1, 30)} == {"treatment"}
-        history = c.get("/experiment").json()["history"]
-        assert history[-1]["to"] == {"control": 0, "treatment": 100}
-        assert history[-1]["by"].startswith("alice@") and history[-1]["reason"] == "ramp"
+        exp = c.get("/experiment").json()
+        assert "salt" not in exp and "salt" not in str(exp["history"])  # public: no salt
+        newest = exp["history"][0]
+        assert [a["weight"] for a in newest["data"]["arms"]] == [0, 100]
+        assert [a["weight"] for a in newest["previous"]["arms"]] == [50, 50]
+        assert newest["by"] == "alice" and newest["reason"] == "ramp"
+        assert c.get("/experiment", headers=AUTH).json()["salt"] == "exp1"
+    with _client(registry, experiment=json.dumps(EXPERIMENT)) as c:  # a restart keeps them
+        assert {c.get(f"/recommend/{u}").json()["arm"] for u in range(1, 30)} == {"treatment"}
 
 
 def test_explicit_versioned_model(registry: str) -> None:
@@ -136,6 +142,9 @@ def test_switch_refusals_keep_the_old_release(registry: str, two_releases: dict)
         assert c.post("/switch", content=b"{not json", headers=AUTH).status_code == 422
         assert c.get("/switch?model=v0.1", headers=AUTH).status_code == 409  # legacy: same checks
         assert c.get("/switch/history").json()["history"] == []
+        refused = ControlPlane.open(registry).history("refused", limit=50)[0]
+        assert refused and {r.data["code"] for r in refused} <= {
+            "unauthorized", "release_not_found", "release_refused", "release_invalid"}
         metrics = c.get("/metrics").text
         assert 'marquee_swaps_total{result="refused"}' in metrics
 
@@ -147,29 +156,33 @@ def test_switch_is_audited_and_updates_metrics(registry: str) -> None:
             json={"version": "v0.1", "reason": "rollback"},
             headers={**AUTH, "X-Actor": "bob"},
         )
-        assert r.status_code == 200 and r.json()["from"] == "v0.2" and r.json()["to"] == "v0.1"
+        # the first record of the pointer: nothing was promoted before (v0.2 served as newest)
+        assert r.status_code == 200 and r.json()["from"] is None and r.json()["to"] == "v0.1"
         assert c.get("/switch?model=v0.2", headers=AUTH).json()["to"] == "v0.2"
         history = c.get("/switch/history").json()["history"]
-        assert [(h["from"], h["to"]) for h in history] == [("v0.2", "v0.1"), ("v0.1", "v0.2")]
-        assert history[0]["by"].startswith("bob@") and history[0]["reason"] == "rollback"
-        assert Registry.open(registry).production()["version"] == "v0.2"
+        assert [(h["from"], h["to"]) for h in history] == [("v0.1", "v0.2"), (None, "v0.1")]
+        assert history[1]["by"] == "bob" and history[1]["reason"] == "rollback"
+        assert ControlPlane.open(registry).pointer().data["version"] == "v0.2"
         metrics = c.get("/metrics").text
         info = [line for line in metrics.splitlines() if line.startswith("marquee_model_info{")]
         assert len(info) == 1 and 'version="v0.2"' in info[0]
-        assert 'marquee_swaps_total{result="ok"} 2.0' in metrics
+        assert 'marquee_swaps_total{result="ok"} 3.0' in metrics  # start + two switches
         assert "marquee_loaded_releases 2.0" in metrics
         assert 'marquee_release_memory_bytes{version="v0.1"}' in metrics
 
 
 def test_max_loaded_bound_and_memory_report(registry: str) -> None:
     with _client(registry, max_loaded=1) as c:
-        c.post("/releases/v0.1", headers=AUTH)
+        r = c.post("/releases/v0.1", headers=AUTH)  # no room beside the active release
+        assert r.status_code == 409 and "max_loaded" in r.json()["detail"]
         loaded = c.get("/releases").json()
         assert loaded["max_loaded"] == 1
-        assert [r["version"] for r in loaded["loaded"]] == ["v0.1"] or len(loaded["loaded"]) <= 2
+        assert [r["version"] for r in loaded["loaded"]] == ["v0.2"]
         assert all(r["memory_bytes"] > 0 for r in loaded["loaded"])
-        assert c.get("/healthz").json()["version"] == "v0.2"  # the active one is never evicted
-    with _client(registry, max_loaded=2, candidates="v0.1") as c:
+        assert c.post("/switch", json={"version": "v0.1"}, headers=AUTH).status_code == 200
+        assert [r["version"] for r in c.get("/releases").json()["loaded"]] == ["v0.1"]
+        assert c.get("/healthz").json()["version"] == "v0.1"  # the active one is never evicted
+    with _client(registry, max_loaded=2, candidates="v0.2") as c:  # the pointer names v0.1
         assert {r["version"] for r in c.get("/releases").json()["loaded"]} == {"v0.1", "v0.2"}
 
 
