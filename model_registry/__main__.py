@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
     """Do the command; return (JSON-able result, text for people)."""
     if not args.registry:
         raise UsageError("no registry: pass --registry URI or set REGISTRY")
-    registry = Registry.open(args.registry)
+    try:
+        registry = Registry.open(args.registry)
+    except StorageError as exc:  # a URI we cannot use is bad input, not an outage
+        raise UsageError(_first_line(exc)) from None
     control = ControlPlane(registry)
     if args.command == "versions":
         versions = registry.versions()

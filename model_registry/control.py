@@ -47,6 +47,7 @@ REFUSED = "refused"
 STREAM = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 REPLICA = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ACTOR = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+CACHE_RECORDS = 10_000  # parsed records kept (they are immutable); the cache restarts past it
 MAX_APPEND_TRIES = 50  # writers racing on one stream; each lost race means someone else won
 
 
@@ -118,6 +119,7 @@ class ControlPlane:
         self.clock = clock
         self._cache: dict[tuple[str, int], Record] = {}  # records are immutable: cache by seq
         self.unreadable = 0  # records skipped because they could not be parsed (counted, logged)
+        self._bad: set[tuple[str, int]] = set()
 
     @classmethod
     def open(cls, uri: str) -> ControlPlane:
@@ -167,20 +169,22 @@ class ControlPlane:
     def read(self, stream: str, seq: int) -> Record | None:
         """Record `seq`, or None when it is missing or unreadable (counted and logged)."""
         cached = self._cache.get((stream, seq))
-        if cached is not None:
+        if cached is not None or (stream, seq) in self._bad:
             return cached
         try:
             record = Record.from_json(stream, self.store.get(self._key(stream, seq)))
+            if record.seq != seq:
+                raise ValueError(f"it says seq {record.seq}")
         except BlobNotFound:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
             self.unreadable += 1
-            log.error("control record %s is unreadable; skipped", self._key(stream, seq))
+            self._bad.add((stream, seq))  # records never change: report each bad one once
+            log.error("control record %s is unreadable (%s); skipped", self._key(stream, seq),
+                      str(exc)[:100])
             return None
-        if record.seq != seq:
-            self.unreadable += 1
-            log.error("control record %s says seq %d; skipped", self._key(stream, seq), record.seq)
-            return None
+        if len(self._cache) > CACHE_RECORDS:
+            self._cache.clear()
         self._cache[(stream, seq)] = record
         return record
 
@@ -236,8 +240,8 @@ class ControlPlane:
         check_actor(by)
         _check_reason(reason)
         for _ in range(MAX_APPEND_TRIES):
-            current = self.head(stream)
-            seq = current.seq if current else 0
+            seq = self.head_seq(stream)  # the next number follows even an unreadable record
+            current = self.head(stream)  # the state: the newest readable record
             if expected_seq is not None and expected_seq != seq:
                 raise Conflict(_conflict_message(stream, expected_seq, current), current)
             body = make(current) if make is not None else data

@@ -101,12 +101,17 @@ class LocalStore(BlobStore):
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
-        tmp = self._write_temp(path, data)
+        try:
+            tmp = self._write_temp(path, data)
+        except OSError as exc:
+            raise StorageError(f"{self.uri}/{key}: write failed: {exc.strerror}") from None
         try:
             os.link(tmp, path)  # atomic: fails if the name exists
             return True
         except FileExistsError:
             return False
+        except OSError as exc:
+            raise StorageError(f"{self.uri}/{key}: write failed: {exc.strerror}") from None
         finally:
             os.unlink(tmp)
 
@@ -195,7 +200,15 @@ class S3Store(BlobStore):
         self.client = client or boto3.client(
             "s3",
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            # AWS_MAX_ATTEMPTS (the SDK's own variable) when set: a replica that polls every
+            # few seconds may prefer failing fast over five backed-off attempts.
+            config=Config(
+                retries={
+                    "max_attempts": _env_int("AWS_MAX_ATTEMPTS", 5),
+                    "mode": "standard",
+                },
+                connect_timeout=_env_int("AWS_CONNECT_TIMEOUT", 10),
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -258,6 +271,11 @@ class S3Store(BlobStore):
         with self._errors(key):
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         return int(head["ContentLength"])
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.isascii() and value.isdigit() and int(value) > 0 else default
 
 
 def open_store(uri: str) -> BlobStore:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recommender.follower")
 REPORT_EVERY = 60.0  # seconds between replica reports when nothing changes
+NEWEST_TRIED = 5  # with no pointer yet, the newest releases tried in turn until one loads
 
 
 class Follower:
@@ -124,13 +125,20 @@ class Follower:
     # ---- the pointer ------------------------------------------------------------------------
     def _follow_pointer(self, pointer: Record | None) -> list[str]:
         pool = self.service.pool
-        if pointer is None:  # nothing promoted yet: serve the configured or newest release
+        if pointer is None:  # nothing promoted yet: the configured or the newest good release
             if pool.active is not None:
                 return []
-            target = self.service.settings.version or self.service.registry.latest()
-            if target is None:
+            if self.service.settings.version:
+                return self._activate(self.service.settings.version)
+            versions = self.service.registry.versions()
+            if not versions:
                 return ["the registry holds no complete release yet"]
-            return self._activate(target)
+            problems: list[str] = []
+            for version in reversed(versions[-NEWEST_TRIED:]):
+                problems += self._activate(version)
+                if pool.active is not None:
+                    return []
+            return problems
         target = str(pointer.data.get("version"))
         if pool.active is not None and pool.active.version == target:
             self._failures.pop(target, None)
