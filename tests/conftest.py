@@ -82,16 +82,15 @@ def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="session")
 def two_releases(synthetic_release: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A registry holding v0.1 and v0.2 (different seeds), all four kinds in each."""
-
-    from trainer.__main__ import main
+    """A registry holding v0.1 (all four kinds, trained by the CLI on the synthetic taste groups)
+    and v0.2 (built from random arrays, no training: DESIGN §7)."""
+    from tests.helpers import build_release
 
     root = tmp_path_factory.mktemp("two")
     src = Path(synthetic_release["registry"].removeprefix("file://"))
     shutil.copytree(src, root / "registry")
     registry = (root / "registry").as_uri()
-    data = str(synthetic_release["data"])
-    assert main(["train", "--data", data, "--registry", registry, "--seed", "1"]) == 0
+    assert build_release(registry, n_users=70, n_items=40, seed=1) == "v0.2"
     return {"registry": registry, "root": root / "registry", "data": synthetic_release["data"]}
 
 

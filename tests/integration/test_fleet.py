@@ -5,6 +5,7 @@ Real `python -m recommender` processes; promotes and rollbacks through the real 
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -183,7 +184,7 @@ def test_twenty_parallel_switches_leave_pointer_history_and_replicas_agreeing(
     wait_until(lambda: _all_serve(fleet, pointer.data["version"]), timeout=2 * SYNC + 0.5)
     records, _ = control.history(POINTER, limit=100)
     assert len(records) == statuses.count(200)
-    for newer, older in zip(records, records[1:], strict=False):
+    for newer, older in itertools.pairwise(records):
         assert newer.previous == older.data and newer.at >= older.at
     _, history = fleet[0].call("GET", "/switch/history?limit=100")
     assert [h["seq"] for h in history["history"]] == [r.seq for r in records]

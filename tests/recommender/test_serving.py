@@ -194,7 +194,7 @@ def test_admin_disabled_without_token(two_releases: dict) -> None:
 
 def test_anonymous_fold_in(registry: str) -> None:
     even = [2, 4, 6, 8, 10, 12]  # synthetic taste group 0: even movie ids
-    with _client(registry) as c:
+    with _client(registry, version="v0.1") as c:  # v0.1 was trained on the taste groups
         for kind in ("als", "itemcf"):
             body = c.post("/recommend", json={"movie_ids": even, "k": 5, "model": kind}).json()
             assert body["fallback"] is None and body["user_id"] is None
