@@ -63,6 +63,7 @@ class Service:
         self.ended_experiment_seq = 0
         self.publisher: ResponsePublisher | None = None
         self.follower = Follower(self, self.control, settings.sync_seconds)
+        self.telemetry.unreadable.set_function(lambda: self.control.unreadable)
         self.admin_token = _admin_token(settings)
         self._refusal_audited_at = 0.0
         self._refusal_lock = threading.Lock()

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -85,6 +86,11 @@ class Telemetry:
             ("reason",),
             registry=r,
         )
+        self.unreadable = Gauge(
+            "marquee_control_unreadable_records",
+            "Control-plane records skipped because they could not be parsed",
+            registry=r,
+        )
         self.sync_errors = Counter(
             "marquee_control_sync_errors_total",
             "Control-plane polls or applies that failed, by reason",
@@ -95,6 +101,23 @@ class Telemetry:
             "marquee_responses_dropped_total",
             "Answers not delivered to the responses topic, by reason",
             ("reason",),
+            registry=r,
+        )
+        # ---- the active release's drift report and age (issue #9: from its manifest) ----
+        self.drift_score = Gauge(
+            "marquee_release_drift_score",
+            "Drift statistic / threshold per test of the active release's window (>1: drifted)",
+            ("test",),
+            registry=r,
+        )
+        self.drift_flagged = Gauge(
+            "marquee_release_drift_flagged",
+            "1 when the active release's drift report flagged a test, 0 when not, -1 no report",
+            registry=r,
+        )
+        self.release_age = Gauge(
+            "marquee_release_age_seconds",
+            "Seconds since the active release was created (its manifest's created_at)",
             registry=r,
         )
 
@@ -108,6 +131,22 @@ class Telemetry:
         self.release_bytes.clear()
         for release in loaded:
             self.release_bytes.labels(release.version).set(release.nbytes())
+        self._release_drift_and_age(active.manifest if active is not None else {})
+
+    def _release_drift_and_age(self, manifest: dict[str, Any]) -> None:
+        """Issue #9's gauges: read from the manifest the retrain wrote (drift, created_at)."""
+        self.drift_score.clear()
+        drift = manifest.get("drift") if isinstance(manifest.get("drift"), dict) else None
+        self.drift_flagged.set(-1 if drift is None else int(bool(drift.get("flagged"))))
+        for test, result in ((drift or {}).get("tests") or {}).items():
+            if isinstance(result, dict) and isinstance(result.get("score"), int | float):
+                self.drift_score.labels(test).set(result["score"])
+        try:
+            created = datetime.fromisoformat(str(manifest["created_at"])).timestamp()
+        except (KeyError, ValueError):
+            self.release_age.set_function(lambda: float("nan"))
+            return
+        self.release_age.set_function(lambda: time.time() - created)  # age at scrape time
 
 
 class RequestMiddleware:
