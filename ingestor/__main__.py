@@ -1,10 +1,12 @@
-"""`python -m ingestor [run] ...` consumes events; `python -m ingestor snapshots ...` lists them."""
+"""`python -m ingestor [run] ...` consumes events; `python -m ingestor snapshots ...` lists them;
+`python -m ingestor kpi ...` computes per-arm KPIs from them (ingestor/kpi.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from ingestor.settings import IngestSettings
 from ingestor.snapshot import day, list_snapshots, snapshot_id
 from model_registry.errors import RegistryError
 from model_registry.logs import configure_logging
+from model_registry.messages import one_line
 from model_registry.registry import Registry
 from model_registry.storage import open_store
 
@@ -23,17 +26,28 @@ log = logging.getLogger("ingestor")
 
 
 def load_catalogue(source: str) -> Catalogue:
-    """From a registry URI (newest release's vocab/catalogue.json) or a catalogue.json path."""
+    """From a registry URI (newest release's vocab/catalogue.json, its hash checked) or a
+    catalogue.json path. The format is trainer.models.release_format's, which the ingestor may
+    not import: only the two fields used here are checked."""
     path = Path(source)
     if "://" not in source and path.is_file():
-        raw = json.loads(path.read_text())
+        raw = path.read_bytes()
     else:
         registry = Registry.open(source)
         version = registry.latest()
         if version is None:
             raise RegistryError(f"{source}: no release to read a catalogue from")
-        raw = json.loads(registry.store.get(f"{version}/vocab/catalogue.json"))
-    return Catalogue({int(k): v["title"] for k, v in raw.items()})
+        raw = registry.read_part_file(version, "vocab", "catalogue.json")
+    try:
+        entries = json.loads(raw)
+        titles = {int(k): v["title"] for k, v in entries.items() if re.fullmatch("[0-9]{1,19}", k)}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise RegistryError(
+            f"{source}: the catalogue is not {{movie_id: {{title: ...}}}} JSON"
+        ) from None
+    if not all(isinstance(t, str) for t in titles.values()):
+        raise RegistryError(f"{source}: catalogue titles must be strings")
+    return Catalogue(titles)
 
 
 def _run(argv: list[str]) -> int:
@@ -41,7 +55,8 @@ def _run(argv: list[str]) -> int:
     parser.add_argument("--brokers", help="host:port[,host:port] (INGEST_BROKERS)")
     parser.add_argument(
         "--topics",
-        help="topic=kind,... kinds: rate, watch, reco_requests, reco_responses (INGEST_TOPICS)",
+        help="topic=kind,... kinds: rate, watch, reco_requests, reco_responses, reco_probes"
+        " (INGEST_TOPICS)",
     )
     parser.add_argument("--group", help="consumer group (INGEST_GROUP)")
     parser.add_argument("--store", help="file:///path or s3://bucket/prefix (INGEST_STORE)")
@@ -66,7 +81,7 @@ def _run(argv: list[str]) -> int:
     try:
         settings = IngestSettings(**overrides)
     except ValidationError as exc:
-        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        print(f"error: invalid settings: {one_line(exc)}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, quiet=("kafka",))
     from ingestor.runner import Ingestor, tune_gc
@@ -176,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "snapshots":
             return _snapshots(argv[1:])
+        if argv and argv[0] == "kpi":
+            from ingestor.kpi import cli as kpi
+
+            return kpi(argv[1:])
         return _run(argv[1:] if argv and argv[0] == "run" else argv)
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -89,14 +89,32 @@ class RecoResponseEvent(_Event):
     latency_ms: float | None = Field(default=None, ge=0)
     request_id: str | None = Field(default=None, max_length=128)
     status: int | None = Field(default=None, ge=100, le=599)
+    probe: bool = False  # a synthetic probe's answer: kept, but out of arm counts and KPIs
 
 
-Event = RateEvent | WatchEvent | RecoRequestEvent | RecoResponseEvent
+class ProbeEvent(_Event):
+    """One synthetic probe of the serving API (`python -m recommender probe`)."""
+
+    kind: Literal["reco_probe"] = "reco_probe"
+    url: str = Field(max_length=2048)
+    model: str | None = Field(default=None, max_length=64)
+    status: int | None = Field(default=None, ge=0, le=599)  # 0: no answer at all
+    latency_ms: float = Field(ge=0)
+    ok: bool
+    reason: str | None = Field(default=None, max_length=64)
+    items: list[PositiveId] = Field(default_factory=list, max_length=1000)
+    version: str | None = Field(default=None, max_length=32)
+    arm: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default=None, max_length=128)
+
+
+Event = RateEvent | WatchEvent | RecoRequestEvent | RecoResponseEvent | ProbeEvent
 MODELS: dict[str, type[BaseModel]] = {
     "rate": RateEvent,
     "watch": WatchEvent,
     "reco_requests": RecoRequestEvent,
     "reco_responses": RecoResponseEvent,
+    "reco_probes": ProbeEvent,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -48,6 +49,20 @@ class IngestSettings(BaseSettings):
                     f"topic {topic!r}: unknown kind {kind!r} (kinds: {', '.join(MODELS)})"
                 )
         return value
+
+    @field_validator("brokers")
+    @classmethod
+    def _brokers(cls, value: str) -> str:
+        """host:port[,host:port]: checked here, so a typo fails at once, not after the
+        bootstrap timeout."""
+        brokers = [b.strip() for b in value.split(",")]
+        if not any(brokers):
+            raise ValueError("no broker given (host:port[,host:port])")
+        for broker in brokers:
+            host, _, port = broker.rpartition(":")
+            if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+                raise ValueError(f"{broker[:80]!r} is not host:port")
+        return ",".join(brokers)
 
     def topic_kinds(self) -> dict[str, str]:
         return parse_topics(self.topics)

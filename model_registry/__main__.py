@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--by", default=None, help="who acts (default: the login name)")
         p.add_argument("--expect-seq", type=int, default=None,
                        help="refuse (exit 2) unless the pointer is still at this seq")
+        p.add_argument("--force", action="store_true",
+                       help="promote a release the gate refused (recorded as forced)")
     history = sub.add_parser("history", help="newest records first")
     history.add_argument("--stream", default=POINTER)
     history.add_argument("--limit", type=int, default=20)
@@ -132,10 +134,10 @@ def run(args: argparse.Namespace) -> tuple[Any, str]:
         by = _actor(args.by)
         if args.command == "promote":
             record = control.promote(args.version, by=by, reason=args.reason,
-                                     expected_seq=args.expect_seq)
+                                     expected_seq=args.expect_seq, force=args.force)
         else:
             record = control.rollback(by=by, reason=args.reason, to=args.to,
-                                      expected_seq=args.expect_seq)
+                                      expected_seq=args.expect_seq, force=args.force)
         return record.to_json(), _format_record(record)
     if args.command == "history":
         if not STREAM.fullmatch(args.stream):

@@ -274,26 +274,39 @@ class ControlPlane:
     # ---- the production pointer -------------------------------------------------------------
     def promote(
         self, version: str, *, by: str, reason: str, expected_seq: int | None = None,
-        action: str = "promote",
+        action: str = "promote", force: bool = False,
     ) -> Record:
-        """Point production at a complete release (ReleaseNotFound if it has no manifest)."""
+        """Point production at a complete release (ReleaseNotFound if it has no manifest).
+
+        A release the gate refused is refused here too unless `force` (an operator who read
+        the gate's numbers and decided otherwise); the record says it was forced.
+        """
         parse_version(version)
-        self.registry.manifest(version)
+        if refused_by_gate(self.registry.manifest(version)):
+            if not force:
+                raise InvalidControl(
+                    f"release {version} was refused by the gate; use force to override"
+                )
+            action = f"{action}-forced"
         return self.append(
             POINTER, {"version": version}, by=by, reason=reason, action=action,
             expected_seq=expected_seq,
         )
 
     def rollback(
-        self, *, by: str, reason: str, to: str | None = None, expected_seq: int | None = None
+        self, *, by: str, reason: str, to: str | None = None, expected_seq: int | None = None,
+        force: bool = False,
     ) -> Record:
         """Back to `to`, or to the newest earlier production release that was not itself rolled
         back from."""
+        from_history = to is None
         if to is None:
             to = self.previous_good()
             if to is None:
                 raise InvalidControl("nothing to roll back to: the pointer has no earlier release")
-        return self.promote(to, by=by, reason=reason, expected_seq=expected_seq, action="rollback")
+        # A release that was production before may go back (forced then, forced now: recorded).
+        return self.promote(to, by=by, reason=reason, expected_seq=expected_seq,
+                            action="rollback", force=from_history or force)
 
     def previous_good(self, skip: set[str] | None = None, scan: int = 200) -> str | None:
         """The newest release in the pointer's history other than the current one, skipping
@@ -304,7 +317,7 @@ class ControlPlane:
         current = records[0].data.get("version")
         bad = {current, *(skip or set())}
         for record in records:
-            if record.action == "rollback" and record.previous:
+            if record.action.startswith("rollback") and record.previous:
                 bad.add(record.previous.get("version"))
             version = record.data.get("version")
             if version not in bad:
@@ -389,6 +402,11 @@ class ControlPlane:
             except (BlobNotFound, ValueError):
                 continue
         return found
+
+
+def refused_by_gate(manifest: dict[str, Any]) -> bool:
+    gate = manifest.get("gate")
+    return isinstance(gate, dict) and gate.get("decision") == "refuse"
 
 
 def _conflict_message(stream: str, expected: int, current: Record | None) -> str:

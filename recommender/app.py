@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recommender.errors import ServiceError
 from recommender.http import JSONResponse, error_response, validation_detail
-from recommender.routers import admin, catalogue, operator, public, ui
+from recommender.routers import admin, catalogue, operator, predict, public, ui
 from recommender.service import Service
 from recommender.settings import ServiceSettings
 from recommender.telemetry import RequestMiddleware
@@ -56,6 +56,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(operator.router)
     app.include_router(catalogue.router)
+    app.include_router(predict.router)
     app.include_router(ui.router)
     return app
 

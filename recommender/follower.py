@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from model_registry.control import ControlPlane, Record
+from model_registry.control import ControlPlane, Record, refused_by_gate
 from model_registry.errors import RegistryError
 from model_registry.experiments import ExperimentConfig, parse_model_ref
 from recommender.errors import ServiceError
@@ -135,6 +135,9 @@ class Follower:
                 return ["the registry holds no complete release yet"]
             problems: list[str] = []
             for version in reversed(versions[-NEWEST_TRIED:]):
+                if self._refused_by_gate(version):
+                    problems.append(f"{version} skipped: refused by the gate")
+                    continue
                 problems += self._activate(version)
                 if pool.active is not None:
                     return []
@@ -164,6 +167,12 @@ class Follower:
             return [f"cannot serve {version}: {exc.detail}"]
         self._failures.pop(version, None)
         return []
+
+    def _refused_by_gate(self, version: str) -> bool:
+        try:
+            return refused_by_gate(self.service.registry.manifest(version))
+        except RegistryError:
+            return False  # loading it will say what is wrong
 
     def _fall_back(self, broken: str) -> list[str]:
         skip = {broken}

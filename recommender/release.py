@@ -1,12 +1,13 @@
 """A release loaded for serving: verified files, one scorer per kind, vocabularies, catalogue.
 
-Loading fetches the release through the registry (every sha256 checked), loads each kind's scorer
-with the same class the trainer evaluated, and warms each one up before anyone can see it.
+Loading fetches the release through the registry (every sha256 checked), reads and validates it
+with the release format (`trainer.models.release_format`: schemas, shapes, dtypes, finite scores
+on a sample of users for every kind), and warms each scorer up before anyone can see it. A release
+that passes its hashes but breaks the format is refused with `ReleaseInvalid` (409), never a 500.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from model_registry.errors import InvalidVersion, RegistryError
+from model_registry.errors import InvalidVersion, RegistryError, ReleaseMalformed
 from model_registry.errors import ReleaseNotFound as RegistryNotFound
 from model_registry.registry import Registry
-from recommender.errors import ReleaseNotFound, ReleaseRefused
-from trainer.interactions import Vocab
-from trainer.models import MODELS, Scorer, top_n
+from recommender.errors import ReleaseInvalid, ReleaseNotFound, ReleaseRefused
+from trainer.models import Scorer, top_n
+from trainer.models.data import Vocab
 from trainer.models.popularity import PopularityScorer
+from trainer.models.rating import RatingModel, load_part
+from trainer.models.release_format import InvalidRelease, read_release
 
 TOP_DEPTH = 100  # the largest k the API serves
 
@@ -53,6 +56,8 @@ class LoadedRelease:
     history_indices: np.ndarray
     titles: list[str]
     top: dict[str, TopLists] = field(default_factory=dict)
+    genres: list[str] = field(default_factory=list)  # '|' separated, per item_idx ("" unknown)
+    rating: RatingModel | None = None  # the rating part (GET /predict); None in older releases
     _user_rows: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +100,13 @@ class LoadedRelease:
             scores = np.zeros((n_users, depth), dtype=np.float32)
             counts = np.zeros(n_users, dtype=np.int32)
             for start in range(0, n_users, batch):
-                block = scorer.score_many(np.arange(start, min(start + batch, n_users)))
+                with np.errstate(over="ignore", invalid="ignore"):  # checked below
+                    block = scorer.score_many(np.arange(start, min(start + batch, n_users)))
+                if not np.isfinite(block).all():  # the load check sampled users; this is all
+                    bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                    raise ReleaseInvalid(
+                        f"release {self.version}: {kind} scores are not finite for user_idx {bad}"
+                    )
                 for row, user in enumerate(range(start, start + block.shape[0])):
                     best, values = top_n(block[row], depth, exclude=self.seen(user))
                     items[user, : best.size] = best
@@ -110,7 +121,8 @@ class LoadedRelease:
 def load_release(
     registry: Registry, version: str, cache_dir: Path | None = None, precompute_cells: int = 0
 ) -> LoadedRelease:
-    """Fetch, verify, load and warm up `version`; any failure is a ReleaseRefused.
+    """Fetch, verify, validate, load and warm up `version`; any failure is a ReleaseRefused
+    (ReleaseInvalid when the files match their hashes but not the format).
 
     With `precompute_cells` > 0, known users' top lists are computed now, off the request path.
 
@@ -120,43 +132,41 @@ def load_release(
         try:
             manifest = registry.fetch(version, Path(tmp))
         except (RegistryNotFound, InvalidVersion) as exc:
-            raise ReleaseNotFound(str(exc)) from None
+            raise ReleaseNotFound(_public(exc, registry)) from None
+        except ReleaseMalformed as exc:
+            raise ReleaseInvalid(_public(exc, registry)) from None
         except RegistryError as exc:  # corrupt, partial, unreadable: refuse, keep serving the old
-            raise ReleaseRefused(str(exc)) from None
+            raise ReleaseRefused(_public(exc, registry)) from None
         release = _load_fetched(version, manifest, Path(tmp))
-    release.precompute(precompute_cells)
+    try:
+        release.precompute(precompute_cells)
+    except (ValueError, TypeError, IndexError, MemoryError) as exc:
+        raise ReleaseInvalid(f"release {version}: cannot rank ({type(exc).__name__})") from None
     return release
+
+
+def _public(exc: Exception, registry: Registry) -> str:
+    """The registry's message without its URI: answers never show where releases live."""
+    return str(exc).replace(registry.uri, "the registry")
 
 
 def _load_fetched(version: str, manifest: dict[str, Any], root: Path) -> LoadedRelease:
     try:
-        scorers: dict[str, Scorer] = {}
-        for kind in manifest.get("kinds", {}):
-            if kind not in MODELS:
-                raise ReleaseRefused(f"release {version}: unknown model kind {kind!r}")
-            scorers[kind] = MODELS[kind].scorer.load(root / kind)
-        if "popularity" not in scorers:
-            raise ReleaseRefused(f"release {version}: no popularity model to fall back on")
-        vocab = Vocab.load(root / "vocab")
-        catalogue = json.loads((root / "vocab" / "catalogue.json").read_text())
-        release = LoadedRelease(
-            version=version,
-            manifest=manifest,
-            scorers=scorers,
-            vocab=vocab,
-            history_indptr=np.load(root / "vocab" / "history_indptr.npy", allow_pickle=False),
-            history_indices=np.load(root / "vocab" / "history_indices.npy", allow_pickle=False),
-            titles=[catalogue.get(str(int(i)), {}).get("title", "") for i in vocab.item_ids],
-        )
-        for scorer in scorers.values():  # warm-up: first-call costs are paid before serving
-            if scorer.n_items != vocab.n_items:
-                raise ReleaseRefused(
-                    f"release {version}: {scorer.kind} has {scorer.n_items} "
-                    f"items but the vocabulary has {vocab.n_items}"
-                )
-            scorer.score(0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        raise ReleaseRefused(
-            f"release {version}: cannot be loaded ({type(exc).__name__}: {exc})"
-        ) from None
-    return release
+        data = read_release(root, manifest)
+    except InvalidRelease as exc:
+        raise ReleaseInvalid(f"release {version}: {exc}") from None
+    try:  # the rating part: separate from the ranking kinds, validated against the vocabulary
+        rating = load_part(root, manifest, data.vocab.n_users, data.vocab.n_items)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ReleaseInvalid(f"release {version}: rating part: {exc}") from None
+    return LoadedRelease(
+        version=version,
+        manifest=manifest,
+        scorers=data.scorers,
+        vocab=data.vocab,
+        history_indptr=data.history_indptr,
+        history_indices=data.history_indices,
+        titles=data.titles(),
+        genres=data.genres(),
+        rating=rating,
+    )

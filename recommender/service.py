@@ -199,7 +199,8 @@ class Service:
         raise error(detail)
 
     def switch(
-        self, version: str, by: str, reason: str, expected_seq: int | None = None
+        self, version: str, by: str, reason: str, expected_seq: int | None = None,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Load and validate `version` here, move the pointer, then serve it here at once.
 
@@ -214,7 +215,7 @@ class Service:
         try:
             record = self._write("switch", by, lambda: self.control.promote(
                 version, by=by, reason=reason,
-                expected_seq=self._expected(expected_seq),
+                expected_seq=self._expected(expected_seq), force=force,
             ))
         except ServiceError:
             self.pool.trim()  # the pointer did not move here: do not keep it beyond max_loaded

@@ -19,7 +19,6 @@ jumps from ~16 ms to ~90 ms while p50 and throughput barely move.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -32,8 +31,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -136,55 +133,13 @@ def synthetic_registry(root: Path, n_users: int, n_items: int, seed: int = 0) ->
     """A release with random ALS factors and NCF weights over a large catalogue.
 
     Serving cost depends on shapes, not on what the numbers mean, so this isolates how latency
-    grows with the catalogue.
+    grows with the catalogue. Built through the release format (tests.helpers.build_release).
     """
-    from model_registry.registry import Registry
-    from trainer.interactions import Vocab
-    from trainer.models.als import ALSScorer
-    from trainer.models.ncf import NCFParams, NCFScorer
-    from trainer.models.popularity import PopularityScorer
+    from tests.helpers import build_release
 
-    rng = np.random.default_rng(seed)
-    stage = root / "stage"
-    p = NCFParams()
-    ncf = {
-        "gmf_user": (n_users, p.gmf_dim),
-        "gmf_item": (n_items, p.gmf_dim),
-        "mlp_user": (n_users, p.mlp_dim),
-        "mlp_item": (n_items, p.mlp_dim),
-        "out_w": (1, p.gmf_dim + p.hidden[-1]),
-        "out_b": (1,),
-    }
-    sizes = (2 * p.mlp_dim, *p.hidden)
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        ncf[f"mlp_w{i}"], ncf[f"mlp_b{i}"] = (b, a), (b,)
-    NCFScorer({k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in ncf.items()}).save(
-        stage / "ncf"
-    )
-    ALSScorer(rng.normal(0, 0.1, (n_users, 32)), rng.normal(0, 0.1, (n_items, 32))).save(
-        stage / "als"
-    )
-    PopularityScorer(rng.random(n_items).astype(np.float32), n_users).save(stage / "popularity")
-    Vocab(np.arange(1, n_users + 1), np.arange(1, n_items + 1)).save(stage / "vocab")
-    per_user = 50
-    np.save(
-        stage / "vocab" / "history_indptr.npy", np.arange(0, (n_users + 1) * per_user, per_user)
-    )
-    np.save(
-        stage / "vocab" / "history_indices.npy",
-        np.sort(rng.integers(0, n_items, (n_users, per_user)), axis=1).ravel().astype(np.int32),
-    )
-    titles = {str(i): {"title": f"Movie {i}", "genres": ""} for i in range(1, n_items + 1)}
-    (stage / "vocab" / "catalogue.json").write_text(json.dumps(titles))
     uri = (root / "registry").as_uri()
-    Registry.open(uri).publish(
-        stage,
-        {
-            "git_sha": "synthetic",
-            "data_snapshot_id": "synthetic",
-            "image_digest": None,
-            "kinds": {k: {} for k in ("ncf", "als", "popularity")},
-        },
+    build_release(
+        uri, n_users, n_items, seed, kinds=("popularity", "als", "ncf"), per_user=50, als_factors=32
     )
     return uri
 
@@ -263,7 +218,8 @@ def main() -> int:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
             },
-            "server": "uvicorn, 1 worker, asyncio + httptools, orjson; wrk 1 thread, same host",
+            "server": "uvicorn, 1 worker, asyncio + httptools under recommender.limits' "
+            "protocol (body/header/time/connection limits), orjson; wrk 1 thread, same host",
             "pinning": "server on CPU 0, wrk on CPU 1" if pin(0) else "none",
             "seconds_per_run": args.seconds,
             "repeats": REPEATS,

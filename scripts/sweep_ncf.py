@@ -5,6 +5,12 @@ it chose, measure on test. One JSON line per job, appended to --out as it finish
 
     python scripts/sweep_ncf.py --data ../shared/datasets/ml-100k \
         --out benchmarks/results/ncf_sweep_ml100k.jsonl --seeds 0 1 --workers 16
+
+A seed check of settings (mean and spread over seeds, written as JSON with --summary):
+
+    python scripts/sweep_ncf.py --data ../shared/datasets/ml-100k --configs C_tau3 \
+        --seeds 0 1 2 --workers 2 --out /tmp/ncf.jsonl \
+        --summary benchmarks/results/ncf_seeds_ml100k.json
 """
 
 from __future__ import annotations
@@ -49,14 +55,15 @@ def job(data_dir: str, out: str, name: str, seed: int) -> dict:
     from trainer.models import ncf
 
     ds = load_movielens(data_dir)
+    params = ncf.NCFParams(**CONFIGS[name])
     data = Interactions.from_ratings(ds.ratings, build_vocab(ds.ratings))
     split = leave_last_out(data)
     start = time.time()
-    tuned = ncf.fit(
-        split.train, ncf.NCFParams(**CONFIGS[name]), np.random.default_rng(seed), split.valid
-    )
+    tuned = ncf.fit(split.train, params, np.random.default_rng(seed), split.valid)
     valid = evaluate(tuned, split.train, split.valid, sampled=False).ndcg
+    refit_start = time.time()
     final = ncf.fit(split.train_valid, tuned.resolved_params, np.random.default_rng(seed))
+    refit_secs = time.time() - refit_start
     test = evaluate(final, split.train_valid, split.test)
     result = {
         "name": name,
@@ -66,6 +73,7 @@ def job(data_dir: str, out: str, name: str, seed: int) -> dict:
         "test_hr": round(test.hr, 4),
         "epochs": tuned.resolved_params.epochs,
         "secs": round(time.time() - start),
+        "refit_secs": round(refit_secs, 1),
         "torch": torch.__version__,
     }
     with open(out, "a") as fh:
@@ -80,11 +88,39 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--summary", type=Path, help="also write per-config mean/std as JSON")
     args = parser.parse_args()
     jobs = [(args.data, args.out, n, s) for s in args.seeds for n in args.configs]
+    results = []
     with ProcessPoolExecutor(args.workers) as pool:
         for result in pool.map(job, *zip(*jobs, strict=True)):
             print(json.dumps(result), flush=True)
+            results.append(result)
+    if args.summary:
+        _summary(args, results)
+
+
+def _summary(args: argparse.Namespace, results: list[dict]) -> None:
+    from trainer.models.ncf import NCFParams
+
+    out = {}
+    for name in args.configs:
+        runs = [r for r in results if r["name"] == name]
+        summary = {"runs": runs}
+        for key in ("test_ndcg", "test_hr", "val", "secs", "refit_secs"):
+            values = np.array([r[key] for r in runs], dtype=float)
+            summary[key] = {
+                "mean": round(float(values.mean()), 4),
+                "std": round(float(values.std(ddof=1)), 4) if values.size > 1 else None,
+            }
+        out[name] = summary
+    out["params"] = {
+        name: NCFParams(**CONFIGS[name]).model_dump(mode="json") for name in args.configs
+    }
+    out["seeds"] = args.seeds
+    out["machine"] = f"{os.cpu_count()} cores; workers={args.workers}"
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,96 @@ def start_moto(port: int, log: Path) -> subprocess.Popen:
 
 def python() -> str:
     return sys.executable
+
+
+ALL_KINDS = ("popularity", "itemcf", "als", "ncf")
+
+
+def build_release(
+    registry_uri: str,
+    n_users: int = 60,
+    n_items: int = 40,
+    seed: int = 0,
+    kinds: tuple[str, ...] = ALL_KINDS,
+    per_user: int = 5,
+    manifest: dict | None = None,
+    als_factors: int = 16,
+) -> str:
+    """Publish a release of random scorers over ids 1..n_users x 1..n_items, without training
+    (DESIGN §7), through the release format; returns its version.
+
+    Serving cost and validation depend on shapes and values, not on what the numbers mean, so
+    this is what service tests and the serving benchmark use; training is tested elsewhere.
+    """
+    import itertools
+    import tempfile
+
+    import scipy.sparse as sp
+
+    from model_registry.registry import Registry
+    from trainer.models import release_format
+    from trainer.models.als import ALSScorer
+    from trainer.models.data import Vocab
+    from trainer.models.itemcf import ItemCFScorer
+    from trainer.models.ncf import NCFParams, NCFScorer
+    from trainer.models.popularity import PopularityScorer
+
+    rng = np.random.default_rng(seed)
+    per_user = min(per_user, n_items)
+    seen = np.stack([np.sort(rng.choice(n_items, per_user, replace=False)) for _ in range(n_users)])
+    indptr = np.arange(0, (n_users + 1) * per_user, per_user, dtype=np.int64)
+    indices = seen.ravel().astype(np.int32)
+    history = sp.csr_matrix(
+        (np.ones(indices.size, dtype=np.float32), indices, indptr), shape=(n_users, n_items)
+    )
+    scorers = {}
+    if "popularity" in kinds:
+        scorers["popularity"] = PopularityScorer(rng.random(n_items).astype(np.float32), n_users)
+    if "itemcf" in kinds:
+        density = min(0.2, 20 / n_items)  # ~20 neighbours per item at most
+        sim = sp.random(n_items, n_items, density=density, random_state=seed, dtype=np.float32)
+        scorers["itemcf"] = ItemCFScorer(sim.tocsr(), history)
+    if "als" in kinds:
+        shape = (als_factors,)
+        factors = (rng.normal(0, 0.1, (n_users, *shape)), rng.normal(0, 0.1, (n_items, *shape)))
+        scorers["als"] = ALSScorer(*factors)
+    if "ncf" in kinds:
+        p = NCFParams()
+        shapes = {
+            "gmf_user": (n_users, p.gmf_dim),
+            "gmf_item": (n_items, p.gmf_dim),
+            "mlp_user": (n_users, p.mlp_dim),
+            "mlp_item": (n_items, p.mlp_dim),
+            "out_w": (1, p.gmf_dim + p.hidden[-1]),
+            "out_b": (1,),
+        }
+        for i, (a, b) in enumerate(itertools.pairwise((2 * p.mlp_dim, *p.hidden))):
+            shapes[f"mlp_w{i}"], shapes[f"mlp_b{i}"] = (b, a), (b,)
+        weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in shapes.items()}
+        scorers["ncf"] = NCFScorer(weights)
+    vocab = Vocab(np.arange(1, n_users + 1), np.arange(1, n_items + 1))
+    catalogue = {str(i): {"title": f"Movie {i}", "genres": "Drama"} for i in range(1, n_items + 1)}
+    with tempfile.TemporaryDirectory(prefix="marquee-build-") as tmp:
+        stage = Path(tmp)
+        kinds_meta = release_format.stage_release(stage, vocab, indptr, indices, catalogue, scorers)
+        base = {
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "git_sha": "synthetic",
+            "data_snapshot_id": f"synthetic-{seed}",
+            "image_digest": None,
+            "kinds": kinds_meta,
+            "gate": None,
+        }
+        return Registry.open(registry_uri).publish(stage, {**base, **(manifest or {})})
+
+
+# Debian's chromium, driven by Playwright (its own browser download is not used): the page's
+# test and scripts/ui_screenshots.py launch it the same way.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]

@@ -1,4 +1,4 @@
-"""Command line: `python -m trainer train ...` and `python -m trainer download ...`."""
+"""Command line: `python -m trainer train | download | retrain | gate | drift ...`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,21 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from ingestor.snapshot import day
 from model_registry.errors import RegistryError
 from model_registry.registry import Registry
+from model_registry.storage import LocalStore
 from trainer.data import load_movielens, load_snapshots
 from trainer.download import DATASETS, download
-from trainer.errors import TrainerError
+from trainer.errors import DataError, TrainerError
 from trainer.models import KINDS
 from trainer.pipeline import train_release
+from trainer.retrain_cli import add_parsers as add_loop_parsers
+from trainer.retrain_cli import run as run_loop
 
 log = logging.getLogger("trainer")
 
@@ -42,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--report", type=Path, help="also write the evaluation table as JSON here")
     train.add_argument("--seed", type=int, default=0)
+    add_loop_parsers(sub)  # retrain, gate, drift (trainer/retrain_cli.py)
     dl = sub.add_parser("download", help="download and verify a MovieLens dataset")
     dl.add_argument("name", choices=sorted(DATASETS))
     dl.add_argument("--dest", type=Path, default=Path("data"))
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "download":
             print(download(args.name, args.dest))
             return 0
+        if args.command in ("retrain", "gate", "drift"):
+            return run_loop(args)
         return _train(args)
     except (TrainerError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -67,25 +74,82 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    # Everything a user can get wrong is checked before minutes of training and the publish.
+    kinds = parse_kinds(args.kinds)
+    if args.report:
+        check_writable_file(args.report, "--report")
+    registry = Registry.open(args.registry)
+    if isinstance(registry.store, LocalStore):
+        check_writable_folder(registry.store.root, "--registry")
     started = time.perf_counter()
-    if args.snapshots:
-        log.info("loading snapshots from %s", args.snapshots)
-        dataset = load_snapshots(args.snapshots, args.since, args.until, args.catalogue)
-    else:
-        log.info("loading %s", args.data)
-        dataset = load_movielens(args.data)
+    try:
+        if args.snapshots:
+            log.info("loading snapshots from %s", args.snapshots)
+            dataset = load_snapshots(args.snapshots, args.since, args.until, args.catalogue)
+        else:
+            log.info("loading %s", args.data)
+            dataset = load_movielens(args.data)
+    except OverflowError:  # pandas' int64 parse of an id or timestamp past 2**63 - 1
+        source = args.snapshots or args.data
+        raise DataError(f"{source}: an id or timestamp does not fit in 64 bits") from None
     if dataset.skipped:
         log.warning("skipped rows: %s", dataset.skipped)
-    report = train_release(dataset, Registry.open(args.registry), kinds, seed=args.seed)
+    report = train_release(dataset, registry, kinds, seed=args.seed)
     print(report.table())
     print(
         f"published {report.version} to {report.registry} in {time.perf_counter() - started:.0f}s"
     )
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report.as_dict(), indent=2))
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report.as_dict(), indent=2))
+        except OSError as exc:  # checked above; only a race gets here
+            raise TrainerError(f"--report {args.report}: {exc.strerror}") from None
     return 0
+
+
+def parse_kinds(raw: str) -> list[str]:
+    """--kinds: known kinds, comma separated, each once."""
+    kinds = [k.strip() for k in raw.split(",")]
+    if not any(kinds):
+        raise TrainerError(f"--kinds: no model kind given; choose from {','.join(KINDS)}")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise TrainerError(f"--kinds: unknown model kind(s) {unknown}; choose from {list(KINDS)}")
+    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
+    if repeated:
+        raise TrainerError(f"--kinds: {', '.join(repeated)} given more than once")
+    return kinds
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """`folder` is, or can be created as, a folder we can write in; nothing is created.
+
+    Probed with a temporary file in the nearest existing folder (gone when closed): permission
+    bits say little when running as root, or on a read-only mount or /proc.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise TrainerError(f"{flag} {folder}: exists and is not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainerError(f"{flag} {folder}: {existing} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise TrainerError(f"{flag} {folder}: cannot write in {existing} ({why})") from None
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    path = path.resolve()
+    if path.is_dir():
+        raise TrainerError(f"{flag} {path}: is a folder, not a file")
+    check_writable_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TrainerError(f"{flag} {path}: not writable")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 - 1M / 10M:        ratings.dat, movies.dat ('::' separated)
 - latest/20M/25M/32M: ratings.csv, movies.csv (comma separated, header row)
 
+Where the folder also has the users' demographics (100K: u.user, 1M: users.dat), they are loaded
+for the per-group quality report (gender, age band, occupation); they never reach a model.
+
 Every rating becomes one implicit interaction. Parsing takes pandas' fast path; only when it fails
 do we re-scan the file line by line, so the error can name the exact file and line.
 """
@@ -56,6 +59,7 @@ class Dataset:
     files: list[Path] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     source_id: str | None = None  # set by loaders whose identity is not the files (snapshots)
+    users: pd.DataFrame | None = None  # user_id, gender, age_band, occupation (when known)
 
     def snapshot_id(self) -> str:
         """The data identity recorded in a release: for files, a hash of names and bytes."""
@@ -78,6 +82,50 @@ class Dataset:
             "catalogue_items": len(self.items),
             "skipped": dict(self.skipped),
         }
+
+    def user_groups(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Per demographic grouping, each user's label ('' = unknown), aligned with `user_ids`."""
+        if self.users is None:
+            return {}
+        table = self.users.set_index("user_id").reindex(np.asarray(user_ids, dtype=np.int64))
+        return {
+            column: table[column].fillna("").astype(str).to_numpy(dtype=object)
+            for column in USER_GROUPINGS
+        }
+
+
+USER_GROUPINGS = ("gender", "age_band", "occupation")
+# The ML-1M age codes, used as bands for both layouts: code -> band name
+AGE_BANDS = {1: "<18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
+ML1M_OCCUPATIONS = [
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
+]
+
+
+def age_band(age: int) -> str:
+    """The ML-1M band an age falls in (its lower bound is the band's code)."""
+    code = max((c for c in AGE_BANDS if c <= age), default=1)
+    return AGE_BANDS[code]
 
 
 @dataclass(frozen=True)
@@ -117,7 +165,35 @@ def load_movielens(folder: str | Path) -> Dataset:
     ratings = _read_ratings(ratings_path, layout)
     items = _read_items(items_path, layout)
     files = [ratings_path, items_path]
-    return _clean(ratings, items, layout.name, files)
+    dataset = _clean(ratings, items, layout.name, files)
+    dataset.users = _read_users(folder, layout)
+    return dataset
+
+
+def _read_users(folder: Path, layout: _Layout) -> pd.DataFrame | None:
+    """Demographics when the layout ships them (100K u.user, 1M users.dat); None otherwise."""
+    name = {"ml-100k": "u.user", "ml-1m": "users.dat"}.get(layout.name)
+    if name is None or not (folder / name).is_file():
+        return None
+    path = folder / name
+    text = path.read_bytes().decode("latin-1")
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|" if layout.name == "ml-100k" else "::")
+        try:
+            if layout.name == "ml-100k":  # id|age|gender|occupation|zip
+                user_id, age, gender, occupation = int(fields[0]), int(fields[1]), *fields[2:4]
+            else:  # id::gender::age code::occupation code::zip
+                user_id, gender, age = int(fields[0]), fields[1], int(fields[2])
+                occupation = ML1M_OCCUPATIONS[int(fields[3])]
+        except (ValueError, IndexError):
+            raise DataError(f"{path}:{lineno}: not a user line: {line!r:.80}") from None
+        rows.append((user_id, gender.strip(), age_band(age), occupation.strip()))
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["user_id", *USER_GROUPINGS]).astype({"user_id": "int64"})
 
 
 def _clean(ratings: pd.DataFrame, items: pd.DataFrame, layout: str, files: list[Path]) -> Dataset:

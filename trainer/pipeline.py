@@ -14,6 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -24,12 +25,14 @@ import numpy as np
 
 from model_registry.registry import Registry
 from trainer.data import Dataset
+from trainer.drift import data_block
 from trainer.errors import PublishRefused, TrainerError
-from trainer.evaluate import Metrics, evaluate, latency_ms
+from trainer.evaluate import Metrics, bias_table, evaluate, latency_ms
 from trainer.interactions import Interactions, Vocab, build_vocab, leave_last_out
-from trainer.models import MODELS, Scorer
+from trainer.models import MODELS, release_format
 from trainer.models.popularity import PopularityParams
 from trainer.models.popularity import fit as fit_popularity
+from trainer.rating_eval import train_rating
 
 log = logging.getLogger("trainer")
 
@@ -43,6 +46,10 @@ class KindResult:
     params: dict[str, Any]
     metrics: dict[str, float | int]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # The fit on train+validation that the test metrics measure; the gate scores it too.
+    holdout_scorer: Any = field(default=None, repr=False, compare=False)
+    # HR/NDCG per user group on the test split (trainer/fairness.py), per grouping
+    fairness: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.metrics}
@@ -54,6 +61,7 @@ class Report:
     registry: str
     dataset: dict[str, Any]
     results: list[KindResult]
+    rating: dict[str, Any] | None = None  # the rating part's params and RMSE/MAE
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,9 +70,15 @@ class Report:
             "dataset": self.dataset,
             "protocol": PROTOCOL,
             "kinds": {
-                r.kind: {"params": r.params, "metrics": r.metrics, "trials": r.trials}
+                r.kind: {
+                    "params": r.params,
+                    "metrics": r.metrics,
+                    "trials": r.trials,
+                    "fairness": r.fairness,
+                }
                 for r in self.results
             },
+            "rating": self.rating,
         }
 
     def table(self) -> str:
@@ -84,7 +98,24 @@ class Report:
             "HR/NDCG/cov: full ranking of all unseen items, leave-last-out test, ties "
             "pessimistic. sHR/sNDCG: NCF paper's sampled protocol (1 + 99 negatives)."
         )
+        lines += ["", *bias_table(self.results)]
+        if self.rating is not None:
+            m = self.rating["metrics"]
+            lines.append(
+                f"rating: test RMSE {m['rmse']:.4f} MAE {m['mae']:.4f} "
+                f"(global mean + biases: {m['baseline_rmse']:.4f} / {m['baseline_mae']:.4f})"
+            )
         return "\n".join(lines)
+
+
+@dataclass
+class Trained:
+    """What `extend` gets: the data, its split and each kind's result (holdout scorer too)."""
+
+    dataset: Dataset
+    vocab: Vocab
+    split: Any
+    results: list[KindResult]
 
 
 PROTOCOL = (
@@ -123,15 +154,6 @@ def _versions(kind: str) -> dict[str, str]:
     return out
 
 
-def _check_finite(kind: str, scorer: Scorer) -> None:
-    for name, array in scorer.arrays().items():
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise PublishRefused(f"{kind}: artifact {name!r} has non-finite values; not publishing")
-    probe = np.arange(min(scorer.n_users, 64))
-    if probe.size and not np.isfinite(scorer.score_many(probe)).all():
-        raise PublishRefused(f"{kind}: produced non-finite scores for known users; not publishing")
-
-
 def _fallback(data: Interactions) -> np.ndarray:
     """The ranking unknown users get: plain popularity of `data`, as the service serves it."""
     return fit_popularity(data, PopularityParams(), np.random.default_rng(0)).global_scores()
@@ -143,7 +165,12 @@ def train_release(
     kinds: list[str],
     seed: int = 0,
     snapshot_id: str | None = None,
+    extend: Callable[[Trained], dict[str, Any]] | None = None,
+    publish: bool = True,
 ) -> Report:
+    """Train, evaluate and publish. `extend` sees the trained kinds before publishing and
+    returns manifest blocks to add (the retrain's `gate` and `drift`); `publish=False` stops
+    before the registry (a dry run: the report's version is "unpublished")."""
     unknown = [k for k in kinds if k not in MODELS]
     if unknown:
         raise TrainerError(f"unknown model kind(s) {unknown}; choose from {sorted(MODELS)}")
@@ -153,6 +180,7 @@ def train_release(
     vocab = build_vocab(dataset.ratings)
     data = Interactions.from_ratings(dataset.ratings, vocab)
     split = leave_last_out(data)
+    groups = dataset.user_groups(vocab.user_ids)  # demographics where the data has them
     log.info(
         "data: %d interactions, %d users, %d items; split train %d / valid %d / test %d",
         len(data),
@@ -166,7 +194,8 @@ def train_release(
     with tempfile.TemporaryDirectory(prefix="marquee-release-") as tmp:
         staging = Path(tmp)
         for kind in kinds:
-            results.append(_train_kind(kind, data, split, seed, staging / kind))
+            results.append(_train_kind(kind, data, split, seed, staging / kind, groups))
+        rating = train_rating(data, split, seed, staging / "rating")
         _stage_vocab(staging / "vocab", vocab, data, dataset)
         snapshot = snapshot_id or dataset.snapshot_id()
         manifest = {
@@ -176,15 +205,31 @@ def train_release(
             "image_digest": os.environ.get("IMAGE_DIGEST") or None,
             "dataset": dataset.stats(),
             "protocol": PROTOCOL,
-            "kinds": {r.kind: {"params": r.params, "metrics": r.metrics} for r in results},
+            "kinds": {
+                r.kind: {"params": r.params, "metrics": r.metrics, "fairness": r.fairness}
+                for r in results
+            },
+            "rating": rating,
             "gate": None,
+            "data": data_block(dataset),  # what a later drift report needs of this window
         }
+        if extend is not None:
+            manifest.update(extend(Trained(dataset, vocab, split, results)))
+        if not publish:
+            return Report("unpublished", registry.uri, dataset.stats(), results, rating)
         version = registry.publish(staging, manifest)
     log.info("published %s to %s", version, registry.uri)
-    return Report(version, registry.uri, dataset.stats(), results)
+    return Report(version, registry.uri, dataset.stats(), results, rating)
 
 
-def _train_kind(kind: str, data: Interactions, split: Any, seed: int, out: Path) -> KindResult:
+def _train_kind(
+    kind: str,
+    data: Interactions,
+    split: Any,
+    seed: int,
+    out: Path,
+    groups: dict[str, np.ndarray] | None = None,
+) -> KindResult:
     spec = MODELS[kind]
     fallback_train = _fallback(split.train)
     trials = []
@@ -216,7 +261,9 @@ def _train_kind(kind: str, data: Interactions, split: Any, seed: int, out: Path)
     scorer = spec.fit(train_valid, chosen, np.random.default_rng(seed), None)
     train_seconds = time.perf_counter() - start
     fallback_tv = _fallback(train_valid)
-    test: Metrics = evaluate(scorer, train_valid, split.test, fallback_tv, seed=seed)
+    test: Metrics = evaluate(
+        scorer, train_valid, split.test, fallback_tv, seed=seed, groups=groups
+    )
     users = np.random.default_rng(seed).choice(
         data.n_users, size=min(_LATENCY_USERS, data.n_users), replace=False
     )
@@ -228,8 +275,10 @@ def _train_kind(kind: str, data: Interactions, split: Any, seed: int, out: Path)
         test.hr,
     )
     final = spec.fit(data, chosen, np.random.default_rng(seed), None)
-    _check_finite(kind, final)
-    names = final.save(out)
+    try:  # the release format's own checks: numeric, finite, finite scores for sampled users
+        names = release_format.save_scorer(out, final)
+    except release_format.InvalidRelease as exc:
+        raise PublishRefused(f"{exc}; not publishing") from None
     size_mb = sum((out / n).stat().st_size for n in names) / 1e6
     metrics = {
         **test.as_dict(),
@@ -246,16 +295,15 @@ def _train_kind(kind: str, data: Interactions, split: Any, seed: int, out: Path)
         "n_users": final.n_users,
         "n_items": final.n_items,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    return KindResult(kind, chosen.model_dump(mode="json"), metrics, trials)
+    release_format.write_kind_meta(out, final, meta)
+    return KindResult(
+        kind, chosen.model_dump(mode="json"), metrics, trials, scorer, fairness=test.groups or {}
+    )
 
 
 def _stage_vocab(out: Path, vocab: Vocab, data: Interactions, dataset: Dataset) -> None:
     """Ids, each user's full history (for seen-item filtering) and the catalogue for titles."""
-    vocab.save(out)
     history = data.matrix().tocsr()
-    np.save(out / "history_indptr.npy", history.indptr.astype(np.int64))
-    np.save(out / "history_indices.npy", history.indices.astype(np.int32))
     items = dataset.items.set_index("item_id")
     known = items.reindex(vocab.item_ids)
     catalogue = {
@@ -265,7 +313,4 @@ def _stage_vocab(out: Path, vocab: Vocab, data: Interactions, dataset: Dataset) 
         }
         for i, t, g in zip(vocab.item_ids, known["title"], known["genres"], strict=True)
     }
-    (out / "catalogue.json").write_text(json.dumps(catalogue, ensure_ascii=False))
-    (out / "meta.json").write_text(
-        json.dumps({"kind": "vocab", "n_users": vocab.n_users, "n_items": vocab.n_items})
-    )
+    release_format.write_vocab(out, vocab, history.indptr, history.indices, catalogue)

@@ -25,6 +25,7 @@ class SwitchRequest(BaseModel):
     version: str = Field(max_length=32)
     reason: str = Field(default="", max_length=500)
     expected_seq: int | None = Field(default=None, ge=0, le=MAX_ID)
+    force: bool = False  # promote a release the gate refused (recorded as forced)
 
 
 class WeightsRequest(BaseModel):
@@ -62,7 +63,9 @@ async def switch(
     `expected_seq` (or while this call ran)."""
     body = await read_body(request, SwitchRequest)
     version = check_version(body.version)
-    return await run_in_threadpool(service.switch, version, by, body.reason, body.expected_seq)
+    return await run_in_threadpool(
+        service.switch, version, by, body.reason, body.expected_seq, body.force
+    )
 
 
 @router.get("/switch")

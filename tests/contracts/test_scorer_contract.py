@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.interactions import Interactions
 from trainer.models import MODELS, Params, top_n
+from trainer.models.data import Interactions
 
 N = 16
 FAST_PARAMS: dict[str, dict] = {  # small, quick settings: the contract is about behaviour

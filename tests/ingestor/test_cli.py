@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ingestor.__main__ import main
+from ingestor.__main__ import load_catalogue, main
 from ingestor.settings import IngestSettings, parse_topics
-from tests.helpers import REPO, free_port
+from model_registry.errors import RegistryError
+from tests.helpers import REPO, build_release, free_port
 
 
 @pytest.mark.parametrize(
@@ -38,6 +41,7 @@ def test_bad_settings_exit_2_naming_the_setting(
     assert main(["run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: invalid settings") and message in err
+    assert err.count("\n") == 1 and "errors.pydantic.dev" not in err  # one line, no dump
 
 
 def test_topic_kinds() -> None:
@@ -99,3 +103,43 @@ def test_snapshots_of_an_unsupported_or_hostile_store(
         (root / name).write_bytes(b"not parquet")
     assert main(["snapshots", "--store", root.as_uri(), "--json"]) == 0
     assert '"files": 0' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("brokers", ["", " , ", "kafka", "kafka:99999", "kafka:９０９２"])
+def test_bad_brokers_fail_at_once_with_one_line(
+    brokers: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    started = time.monotonic()
+    assert main(["run", "--brokers", brokers, "--store", (tmp_path / "e").as_uri()]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid settings: brokers") and err.count("\n") == 1
+    assert time.monotonic() - started < 5  # not after a 20-30 s bootstrap timeout
+    assert not (tmp_path / "e").exists()
+
+
+def test_read_only_commands_create_no_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = tmp_path / "no" / "such" / "store"
+    assert main(["snapshots", "--store", store.as_uri()]) == 0
+    assert "0 files" in capsys.readouterr().out
+    assert not (tmp_path / "no").exists()
+
+
+def test_catalogue_is_read_through_its_hashes(tmp_path: Path) -> None:
+    registry_uri = (tmp_path / "registry").as_uri()
+    version = build_release(registry_uri, n_users=5, n_items=4)
+    assert load_catalogue(registry_uri).resolve("Movie 3") == 3
+    # A catalogue changed after publishing no longer matches its sha256: refused, one line.
+    path = tmp_path / "registry" / version / "vocab" / "catalogue.json"
+    path.write_text(json.dumps({"3": {"title": "Changed"}}))
+    with pytest.raises(RegistryError, match="does not match its sha256"):
+        load_catalogue(registry_uri)
+
+
+def test_a_catalogue_file_of_the_wrong_shape_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.json"
+    for content in ("[1, 2]", '{"1": "Title"}', "not json", '{"1": {"title": 5}}'):
+        path.write_text(content)
+        with pytest.raises(RegistryError, match="catalogue"):
+            load_catalogue(str(path))

@@ -269,3 +269,18 @@ def test_file_store_write_failure_is_a_storage_error(tmp_path: Path) -> None:
     (root / "control" / "pointer").write_text("not a folder")  # the disk refuses the write
     with pytest.raises(StorageError):
         cp.store.put_if_absent("control/pointer/000000000002.json", b"{}")
+
+
+def test_a_release_the_gate_refused_needs_force_and_is_recorded_as_forced() -> None:
+    cp = _plane()
+    cp.promote("v0.1", by="a", reason="")
+    cp.store.put("v0.2/manifest.json", json.dumps(
+        {"version": "v0.2", "parts": {}, "gate": {"decision": "refuse"}}).encode())
+    with pytest.raises(InvalidControl, match="refused by the gate"):
+        cp.promote("v0.2", by="a", reason="")
+    assert cp.promote("v0.2", by="a", reason="read the numbers", force=True).action == (
+        "promote-forced")
+    assert cp.rollback(by="a", reason="").data["version"] == "v0.1"
+    with pytest.raises(InvalidControl, match="refused by the gate"):
+        cp.rollback(by="a", reason="", to="v0.2")  # named by hand: the gate applies
+    assert cp.rollback(by="a", reason="", to="v0.2", force=True).action == "rollback-forced"

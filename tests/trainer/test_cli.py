@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model_registry.registry import Registry
-from tests.helpers import REPO
+from tests.helpers import REPO, synthetic_ratings, write_ml100k
 from trainer.__main__ import main
 from trainer.models import KINDS
 
@@ -19,7 +19,7 @@ def test_release_layout_and_report(synthetic_release: dict) -> None:
     registry = Registry.open(synthetic_release["registry"])
     assert registry.versions() == ["v0.1"]
     manifest = registry.manifest("v0.1")
-    assert set(manifest["parts"]) == {*KINDS, "vocab"}
+    assert set(manifest["parts"]) == {*KINDS, "vocab", "rating"}  # rating: GET /predict
     assert manifest["data_snapshot_id"].startswith("movielens-ml-100k-")
     assert manifest["dataset"]["ratings"] == 720 and manifest["gate"] is None
     assert {"created_at", "git_sha", "image_digest", "protocol"} <= set(manifest)
@@ -132,3 +132,97 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train"])
     assert exit_info.value.code == 2
+
+
+# ---- bad input is one line, exit 2, found before training or publishing (issue #12) ---------
+def _train_args(tmp_path: Path, *extra: str) -> list[str]:
+    data = write_ml100k(tmp_path / "data", synthetic_ratings(n_users=8, n_items=6, per_user=4), 6)
+    return ["train", "--data", str(data), "--registry", (tmp_path / "reg").as_uri(), *extra]
+
+
+@pytest.mark.parametrize(
+    ("kinds", "message"),
+    [
+        ("", "no model kind given"),
+        (" , ", "no model kind given"),
+        ("als,als", "als given more than once"),
+        ("popularity,itemcf,popularity", "popularity given more than once"),
+        ("als,svd", "unknown model kind"),
+    ],
+)
+def test_bad_kinds_exit_2_before_anything(
+    kinds: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(_train_args(tmp_path, "--kinds", kinds)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --kinds") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "reg").exists()
+
+
+def test_report_path_is_checked_before_publishing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    for report, message in (
+        (tmp_path, "is a folder, not a file"),
+        (tmp_path / "a-file" / "report.json", "is not a folder"),
+        (Path("/proc/marquee-test/report.json"), "cannot write in /proc"),
+    ):
+        assert main(_train_args(tmp_path, "--kinds", "popularity", "--report", str(report))) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --report") and message in err, err
+        assert not (tmp_path / "reg").exists()  # nothing trained, nothing published
+
+
+def test_unwritable_registry_is_found_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    for registry, message in (
+        ((tmp_path / "a-file" / "reg").as_uri(), "is not a folder"),
+        ((tmp_path / "a-file").as_uri(), "exists and is not a folder"),
+        ("file:///proc/marquee-test/reg", "cannot write in /proc"),
+    ):
+        args = _train_args(tmp_path, "--kinds", "popularity")
+        args[args.index("--registry") + 1] = registry
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --registry") and message in err, err
+
+
+def test_user_id_above_int64_is_one_line(tmp_path: Path) -> None:
+    data = write_ml100k(tmp_path / "data", [(1, 1, 5, 880000000), (2**64, 2, 4, 880000001)], 2)
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(data), "--registry",
+         (tmp_path / "reg").as_uri()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert last == f"error: {data}: an id or timestamp does not fit in 64 bits"
+    assert not (tmp_path / "reg").exists()
+
+
+def test_non_finite_artifacts_are_never_published(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from trainer.models import MODELS
+    from trainer.models.popularity import PopularityScorer
+
+    spec = MODELS["popularity"]
+
+    def nan_fit(data, params, rng, valid=None):  # what a diverged fit hands back
+        return PopularityScorer(np.full(data.n_items, np.nan, dtype=np.float32), data.n_users)
+
+    monkeypatch.setitem(MODELS, "popularity", dataclasses.replace(spec, fit=nan_fit))
+    assert main(_train_args(tmp_path, "--kinds", "popularity")) == 2
+    err = capsys.readouterr().err
+    assert "popularity: artifact 'item_scores' has non-finite values; not publishing" in err
+    assert Registry.open((tmp_path / "reg").as_uri()).versions() == []

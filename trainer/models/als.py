@@ -10,8 +10,8 @@ from typing import Literal
 
 import numpy as np
 
-from trainer.interactions import Interactions
 from trainer.models.base import ModelSpec, Params, Scorer, recency_weights
+from trainer.models.data import Interactions
 
 
 class ALSParams(Params):

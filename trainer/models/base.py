@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from trainer.interactions import Interactions
+from trainer.models.data import Interactions
 
 
 class Params(BaseModel):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.interactions import Interactions
 from trainer.models.base import ModelSpec, Params, Scorer, recency_weights
+from trainer.models.data import Interactions
 
 _BLOCK = 512  # items per similarity block: bounds memory at BLOCK x n_items floats
 

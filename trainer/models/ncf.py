@@ -19,8 +19,9 @@ import logging
 
 import numpy as np
 
-from trainer.interactions import Interactions
 from trainer.models.base import ModelSpec, Params, Scorer, recency_weights
+from trainer.models.data import Interactions
+from trainer.models.ranking import full_ranking_ndcg
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,26 @@ def fit(
     valid: Interactions | None = None,
 ) -> NCFScorer:
     import torch
-    import torch.nn.functional as F
 
-    from trainer.evaluate import evaluate
+    # One intra-op thread: batches of 256 are too small to gain from more, a shared 2-core box
+    # thrashed (90 s an epoch instead of a few), and the reduction order (so the result) then
+    # no longer depends on the machine: the tuned numbers were measured this way.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _fit(torch, data, params, rng, valid)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    torch,
+    data: Interactions,
+    params: NCFParams,
+    rng: np.random.Generator,
+    valid: Interactions | None,
+) -> NCFScorer:
+    import torch.nn.functional as F
 
     torch.manual_seed(int(rng.integers(2**31 - 1)))
     model = _build(torch, data.n_users, data.n_items, params)
@@ -163,7 +181,7 @@ def fit(
             total += float(loss.detach()) * idx.numel()
         if valid is None:
             continue
-        ndcg = evaluate(NCFScorer(_export(model)), data, valid, sampled=False).ndcg
+        ndcg = full_ranking_ndcg(NCFScorer(_export(model)), data, valid)
         log.info("ncf epoch %d loss %.4f valid ndcg@10 %.4f", epoch, total / len(data), ndcg)
         if ndcg > best[0]:
             best = (ndcg, epoch, _export(model))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.interactions import Interactions
 from trainer.models.base import ModelSpec, Params, Scorer
+from trainer.models.data import Interactions
 
 _DAY = 86_400
 

@@ -1,0 +1,50 @@
+"""Full-ranking metrics at the seam: the pessimistic rank and NDCG that evaluation reports and
+that early-stopping kinds watch on validation, defined once here so `trainer.models` needs
+nothing from `trainer.evaluate` (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trainer.models.base import Scorer
+from trainer.models.data import Interactions
+
+K = 10
+_BATCH = 256
+
+
+def pessimistic_rank(scores: np.ndarray, seen_mask: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rank of each row's target among its unseen items; NaN scores rank below everything."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    target_score = s[np.arange(s.shape[0]), target][:, None]
+    candidates = ~seen_mask
+    candidates[np.arange(s.shape[0]), target] = False
+    above = ((s > target_score) & candidates).sum(axis=1)
+    ties = ((s == target_score) & candidates).sum(axis=1)
+    return above + ties
+
+
+def ndcg_gains(ranks: np.ndarray, k: int = K) -> np.ndarray:
+    """Per user: 1/log2(rank + 2) when the held-out item is in the top k, else 0."""
+    ranks = np.asarray(ranks)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def full_ranks(scorer: Scorer, seen: Interactions, held_out: Interactions) -> np.ndarray:
+    """Pessimistic rank of each held-out item among all items its user has not seen."""
+    seen_csr = seen.matrix().tocsr()
+    users, targets = held_out.user_idx.astype(np.int64), held_out.item_idx.astype(np.int64)
+    ranks = np.empty(users.size, dtype=np.int64)
+    for start in range(0, users.size, _BATCH):
+        batch = slice(start, start + _BATCH)
+        scores = scorer.score_many(users[batch])
+        mask = np.asarray(seen_csr[users[batch]].todense()) > 0
+        ranks[batch] = pessimistic_rank(scores, mask, targets[batch])
+    return ranks
+
+
+def full_ranking_ndcg(scorer: Scorer, seen: Interactions, held_out: Interactions) -> float:
+    """Mean NDCG@10 over `held_out` (no fallback: what early stopping watches)."""
+    ranks = full_ranks(scorer, seen, held_out)
+    return float(ndcg_gains(ranks).mean()) if ranks.size else 0.0

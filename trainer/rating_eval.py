@@ -1,0 +1,82 @@
+"""The rating part of a release: tuned, measured and staged the way the ranking kinds are.
+
+Same split as the ranking kinds (each user's last interaction is test, the one before it
+validation): each candidate of `rating.GRID` is fit on train and scored by RMSE on validation;
+the winner and the plain global mean + biases baseline (`rating.BASELINE`, no factors, no
+recency weights) are refit on train+validation and measured on test; the winner is refit on all
+data and staged as the part `rating`. Skipped, with a log line, when the data carries no
+explicit ratings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.errors import PublishRefused
+from trainer.models import rating
+from trainer.models.data import Interactions
+
+log = logging.getLogger("trainer")
+
+
+def train_rating(data: Interactions, split: Any, seed: int, out: Path) -> dict[str, Any] | None:
+    """Stage the rating part under `out`; return its manifest block (None: no ratings)."""
+    if data.rating is None or split.train.rating is None or len(split.test) == 0:
+        log.info("[rating] no explicit ratings in this data: no rating part")
+        return None
+    trials = []
+    for candidate in rating.GRID:
+        params = rating.RatingParams(**candidate)
+        model = rating.fit(split.train, params, np.random.default_rng(seed))
+        valid = rating.errors(model, split.valid)
+        trials.append({"params": params.model_dump(mode="json"), "valid_rmse": valid["rmse"]})
+        log.info("[rating] valid RMSE %.4f %s", valid["rmse"], json.dumps(candidate))
+    chosen = _best(trials)
+    baseline = rating.RatingParams(**rating.BASELINE)
+    start = time.perf_counter()
+    model = rating.fit(split.train_valid, chosen, np.random.default_rng(seed))
+    train_seconds = time.perf_counter() - start
+    test = rating.errors(model, split.test)
+    base_model = rating.fit(split.train_valid, baseline, np.random.default_rng(seed))
+    base = rating.errors(base_model, split.test)
+    log.info(
+        "[rating] test RMSE %.4f MAE %.4f (biases only: %.4f / %.4f)",
+        test["rmse"],
+        test["mae"],
+        base["rmse"],
+        base["mae"],
+    )
+    final = rating.fit(data, chosen, np.random.default_rng(seed))
+    arrays = final.arrays()
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise PublishRefused("rating: artifact has non-finite values; not publishing")
+    final.save(out)
+    metrics = {
+        "rmse": test["rmse"],
+        "mae": test["mae"],
+        "n": test["n"],
+        "baseline_rmse": base["rmse"],
+        "baseline_mae": base["mae"],
+        "train_seconds": round(train_seconds, 2),
+    }
+    meta = {
+        "kind": rating.PART,
+        "params": chosen.model_dump(mode="json"),
+        "baseline_params": baseline.model_dump(mode="json"),
+        "metrics": metrics,
+        "trials": trials,
+        "n_users": final.n_users,
+        "n_items": final.n_items,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return {"params": meta["params"], "metrics": metrics}
+
+
+def _best(trials: list[dict[str, Any]]) -> rating.RatingParams:
+    return rating.RatingParams(**min(trials, key=lambda t: t["valid_rmse"])["params"])
