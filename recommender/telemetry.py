@@ -23,6 +23,7 @@ from recommender.release import LoadedRelease
 access_log = logging.getLogger("recommender.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 LABELS = ("endpoint", "model", "version", "arm", "status", "fallback")
+OFFLINE_METRICS = ("ndcg@10", "hr@10", "coverage@10", "gini@10", "long_tail@10", "novelty@10")
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -121,6 +122,20 @@ class Telemetry:
             registry=r,
         )
 
+        # ---- offline numbers of every loaded release (from its manifest) ----
+        self.offline_metric = Gauge(
+            "marquee_release_offline_metric",
+            "A loaded release's offline test metric per kind (its manifest's kinds.*.metrics)",
+            ("version", "kind", "metric"),
+            registry=r,
+        )
+        self.gate_decision = Gauge(
+            "marquee_release_gate_decision",
+            "1 for a loaded release's gate decision (accept, refuse; none: published ungated)",
+            ("version", "decision"),
+            registry=r,
+        )
+
     def releases_changed(self, active: LoadedRelease | None, loaded: list[LoadedRelease]) -> None:
         self.model_info.clear()
         if active is not None:
@@ -131,7 +146,24 @@ class Telemetry:
         self.release_bytes.clear()
         for release in loaded:
             self.release_bytes.labels(release.version).set(release.nbytes())
+        self._offline_numbers(loaded)
         self._release_drift_and_age(active.manifest if active is not None else {})
+
+    def _offline_numbers(self, loaded: list[LoadedRelease]) -> None:
+        """Bounded: loaded releases (<= REC_MAX_LOADED) x kinds x the metrics on the table."""
+        self.offline_metric.clear()
+        self.gate_decision.clear()
+        for release in loaded:
+            kinds = release.manifest.get("kinds")
+            for kind, info in (kinds if isinstance(kinds, dict) else {}).items():
+                metrics = info.get("metrics") if isinstance(info, dict) else None
+                for name in OFFLINE_METRICS:
+                    value = (metrics or {}).get(name)
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        self.offline_metric.labels(release.version, kind, name).set(value)
+            gate = release.manifest.get("gate")
+            decision = gate.get("decision") if isinstance(gate, dict) else None
+            self.gate_decision.labels(release.version, str(decision or "none")[:16]).set(1)
 
     def _release_drift_and_age(self, manifest: dict[str, Any]) -> None:
         """Issue #9's gauges: read from the manifest the retrain wrote (drift, created_at)."""

@@ -328,9 +328,27 @@ EXPERIMENT = Dashboard(
 RELEASES = Dashboard(
     "marquee-releases",
     "Marquee / Releases",
-    "What is served, since when, its drift report, and how swaps went. Offline metrics and gate "
-    "verdicts live in each release's manifest (python -m model_registry show vX.Y).",
+    "What is served, since when, its offline metrics and gate decision, its drift report, and "
+    "how swaps went (the full gate numbers: python -m model_registry show vX.Y).",
     [
+        Panel(
+            "Offline NDCG@10 per loaded release and kind",
+            {"{{version}} {{kind}}": 'max by (version, kind) '
+             '(marquee_release_offline_metric{metric="ndcg@10"})'},
+            kind="table",
+        ),
+        Panel(
+            "Popularity bias per loaded release: exposure Gini and long-tail share",
+            {"{{version}} {{kind}} {{metric}}": 'max by (version, kind, metric) '
+             '(marquee_release_offline_metric{metric=~"gini@10|long_tail@10"})'},
+            kind="table",
+        ),
+        Panel(
+            "Gate decision per loaded release",
+            {"{{version}}: {{decision}}": "max by (version, decision) "
+             "(marquee_release_gate_decision)"},
+            kind="table",
+        ),
         Panel(
             "Active release per replica (with provenance)",
             {"{{version}}": "max by (instance, version, git_sha, data_snapshot_id, image_digest)"
