@@ -13,6 +13,10 @@ class BlobNotFound(StorageError):
     """No object under that key."""
 
 
+class InvalidStoreURI(StorageError):
+    """A store URI we cannot use (scheme, missing bucket): the caller's mistake, not an outage."""
+
+
 class InvalidKey(RegistryError):
     """A key that could escape the store's root or is otherwise unusable."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse
 
-from model_registry.errors import BlobNotFound, InvalidKey, StorageError
+from model_registry.errors import BlobNotFound, InvalidKey, InvalidStoreURI, StorageError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._=-]+$")
 
@@ -283,14 +283,14 @@ def open_store(uri: str) -> BlobStore:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise StorageError(f"{uri}: file URIs must be file:///absolute/path")
+            raise InvalidStoreURI(f"{uri}: file URIs must be file:///absolute/path")
         return LocalStore(Path(parsed.path))
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise StorageError(f"{uri}: s3 URIs need a bucket: s3://bucket/prefix")
+            raise InvalidStoreURI(f"{uri}: s3 URIs need a bucket: s3://bucket/prefix")
         return S3Store(parsed.netloc, parsed.path)
     if parsed.scheme == "memory":
         return MemoryStore(parsed.netloc or "default")
     if parsed.scheme == "" and uri:
         return LocalStore(Path(uri))  # a plain path is a convenience for the command line
-    raise StorageError(f"{uri!r}: unsupported store (use file://, s3:// or memory://)")
+    raise InvalidStoreURI(f"{uri!r}: unsupported store (use file://, s3:// or memory://)")

@@ -199,12 +199,15 @@ class RequestMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
+        # The server layer (recommender/limits.py) already refuses these before the app runs;
+        # this backstop keeps the limit when the app is mounted under another server or client
+        # (TestClient, h11), at the cost of one dict lookup.
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_body:
             status = 413
             body = json.dumps(
                 {
-                    "error": "payload_too_large",
+                    "error": "body_too_large",
                     "detail": f"request bodies are limited to {self.max_body} bytes",
                 }
             )

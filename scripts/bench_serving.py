@@ -10,6 +10,10 @@ every request scores the whole catalogue), so the cost growth with catalogue siz
     python scripts/bench_serving.py --registry file://$PWD/registry \
         --out benchmarks/results/serving.json [--seconds 10] [--models als,ncf,itemcf,popularity]
 
+With `--against OTHER_CHECKOUT` it instead runs this tree and the other side by side, interleaved
+rounds of /healthz and /recommend (`--out benchmarks/results/serving_ab.json`): the honest way to
+see whether a change cost throughput on a VM whose host steals CPU.
+
 Needs `wrk` (Debian package wrk). Only ever targets 127.0.0.1. With two or more CPUs the server
 is pinned to CPU 0 and wrk to CPU 1 (taskset), so the load generator does not steal the server's
 core: unpinned, the scheduler now and then puts both on one core and p99 at 64 connections
@@ -150,20 +154,8 @@ MODES = {"precomputed": {}, "on_the_fly": {"REC_PRECOMPUTE_MAX_CELLS": "0"}}
 def bench_catalogue(
     name: str, registry: str, models: list[str], seconds: int, tmp: Path, mode: str
 ) -> dict:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "REC_LOG_LEVEL": "WARNING", **MODES[mode]}
-    log = (tmp / f"{name}-{mode}.log").open("wb")
-    proc = subprocess.Popen(
-        [*pin(0), sys.executable, "-m", "recommender", "--registry", registry, "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, base = start_service(REPO, registry, tmp, MODES[mode])
     try:
-        wait_ready(f"{base}/readyz", proc)
         with urllib.request.urlopen(f"{base}/readyz") as resp:
             ready = json.loads(resp.read())
         with urllib.request.urlopen(f"{base}/releases") as resp:
@@ -196,6 +188,74 @@ def bench_catalogue(
         proc.wait(timeout=30)
 
 
+def start_service(tree: Path, registry: str, tmp: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """`python -m recommender` from the checkout `tree`, pinned to CPU 0; (process, base URL)."""
+    port = free_port()
+    log = (tmp / f"{tree.name}-{port}.log").open("wb")
+    proc = subprocess.Popen(
+        [*pin(0), sys.executable, "-m", "recommender", "--registry", registry, "--port", str(port)],
+        cwd=tree,
+        env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "REC_LOG_LEVEL": "WARNING", **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/readyz", proc)
+    return proc, base
+
+
+def compare(args: argparse.Namespace) -> int:
+    """This tree against another checkout (`--against`), interleaved: on a VM whose host steals
+    CPU now and then, only runs taken side by side say whether a change cost throughput."""
+    trees = {"this": REPO, "against": Path(args.against).resolve()}
+    paths = {
+        "healthz": "/healthz",
+        **{m: f"/recommend/%d?k=10&model={m}" for m in args.models.split(",")},
+    }
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp_name:
+        tmp = Path(tmp_name)
+        procs = {name: start_service(tree, args.registry, tmp, {}) for name, tree in trees.items()}
+        try:
+            for _, base in procs.values():
+                run_wrk(base, "/healthz", 943, 16, 2, tmp)  # warm-up
+            for i in range(args.rounds):
+                order = list(procs) if i % 2 == 0 else list(reversed(procs))
+                row: dict = {}
+                for name in order:
+                    base = procs[name][1]
+                    for label, path in paths.items():
+                        r = run_wrk(base, path, 943, 16, args.seconds, tmp)
+                        row[f"{name} {label}"] = r["req_per_s"]
+                print(json.dumps(row), flush=True)
+                rounds.append(row)
+        finally:
+            for proc, _ in procs.values():
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+    summary = {}
+    for label in paths:
+        this = sorted(r[f"this {label}"] for r in rounds)[len(rounds) // 2]
+        other = sorted(r[f"against {label}"] for r in rounds)[len(rounds) // 2]
+        summary[label] = {
+            "this_median": this,
+            "against_median": other,
+            "ratio": round(this / other, 3),
+        }
+    out = {
+        "against": str(trees["against"]),
+        "method": f"{args.rounds} interleaved rounds, wrk 1 thread 16 connections {args.seconds}s "
+        "per run, both services up, server on CPU 0 and wrk on CPU 1",
+        "rounds": rounds,
+        "summary": summary,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(summary))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--registry", required=True, help="registry with an ML-100K release")
@@ -203,10 +263,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="per run; each config runs 3x")
     parser.add_argument("--models", default="als,ncf,itemcf,popularity")
     parser.add_argument("--catalogue-items", type=int, default=27_000)
+    parser.add_argument("--against", help="another checkout: compare with it, interleaved")
+    parser.add_argument("--rounds", type=int, default=6, help="with --against")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 2
+    if args.against:
+        return compare(args)
     models = args.models.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)

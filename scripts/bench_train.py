@@ -123,7 +123,12 @@ def write_ml100k(folder: Path, ratings, items) -> Path:
     return folder
 
 
-_LINE = re.compile(r"^([0-9-]+ [0-9:]+),([0-9]{3}) trainer(?:\.\w+)? (?:\[(\w+)\]|(published))")
+# "[kind] ..." lines of the pipeline, a kind's own module logging ("trainer.models.ncf ..."),
+# and the final "published"
+_LINE = re.compile(
+    r"^([0-9-]+ [0-9:]+),([0-9]{3}) trainer"
+    r"(?:\.models\.(\w+) |(?:\.\w+)? (?:\[(\w+)\]|(published)))"
+)
 
 
 def _kind_walls(log: str) -> dict[str, float]:
@@ -135,7 +140,7 @@ def _kind_walls(log: str) -> dict[str, float]:
         if not m:
             continue
         t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
-        name = m[3] or "end"
+        name = m[3] or m[4] or "end"
         if all(n != name for n, _ in starts):
             starts.append((name, t))
     return {
@@ -174,6 +179,7 @@ def _run(data: Path, kinds: str, registry: str, label: str) -> dict:
         k: {m: v["metrics"].get(m) for m in ("ndcg@10", "hr@10", "train_seconds")}
         for k, v in rep["kinds"].items()
     }
+    out["params"] = {k: v.get("params") for k, v in rep["kinds"].items()}  # what was chosen
     print(f"  {label} [{kinds}]: {wall:.0f}s, peak {out['peak_rss_mb']} MB", file=sys.stderr)
     return out
 

@@ -160,16 +160,16 @@ def build_release(
         factors = (rng.normal(0, 0.1, (n_users, *shape)), rng.normal(0, 0.1, (n_items, *shape)))
         scorers["als"] = ALSScorer(*factors)
     if "ncf" in kinds:
-        p = NCFParams()
+        p = NCFParams().resolve(n_users * per_user)
         shapes = {
-            "gmf_user": (n_users, p.gmf_dim),
-            "gmf_item": (n_items, p.gmf_dim),
-            "mlp_user": (n_users, p.mlp_dim),
-            "mlp_item": (n_items, p.mlp_dim),
-            "out_w": (1, p.gmf_dim + p.hidden[-1]),
+            "gmf_user": (n_users, p.dim),
+            "gmf_item": (n_items, p.dim),
+            "mlp_user": (n_users, p.dim),
+            "mlp_item": (n_items, p.dim),
+            "out_w": (1, p.dim + p.hidden[-1]),
             "out_b": (1,),
         }
-        for i, (a, b) in enumerate(itertools.pairwise((2 * p.mlp_dim, *p.hidden))):
+        for i, (a, b) in enumerate(itertools.pairwise((2 * p.dim, *p.hidden))):
             shapes[f"mlp_w{i}"], shapes[f"mlp_b{i}"] = (b, a), (b,)
         weights = {k: rng.normal(0, 0.1, s).astype(np.float32) for k, s in shapes.items()}
         scorers["ncf"] = NCFScorer(weights)

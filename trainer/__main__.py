@@ -7,14 +7,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ingestor.snapshot import day
-from model_registry.errors import RegistryError
+from model_registry.errors import BlobNotFound, InvalidStoreURI, RegistryError, StorageError
 from model_registry.registry import Registry
 from model_registry.storage import LocalStore
+from trainer.arguments import check_writable_file, check_writable_folder, parse_kinds
 from trainer.data import load_movielens, load_snapshots
 from trainer.download import DATASETS, download
 from trainer.errors import DataError, TrainerError
@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train, evaluate and publish one release")
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="MovieLens folder (100K/1M/25M layout)")
-    source.add_argument("--snapshots", help="ingestor store URI: train on its rate snapshots")
+    source.add_argument("--snapshots", help="ingestor store URI: its rate and watch snapshots")
     train.add_argument("--since", type=day, help="with --snapshots: first date (YYYY-MM-DD)")
     train.add_argument("--until", type=day, help="with --snapshots: last date (YYYY-MM-DD)")
     train.add_argument("--catalogue", type=Path, help="with --snapshots: MovieLens folder (titles)")
@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("retrain", "gate", "drift"):
             return run_loop(args)
         return _train(args)
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        # a store that cannot be reached is a dependency down (1); a bad URI or a missing
+        # object is the caller's input (2)
+        return 2 if isinstance(exc, BlobNotFound | InvalidStoreURI) else 1
     except (TrainerError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,50 +111,6 @@ def _train(args: argparse.Namespace) -> int:
         except OSError as exc:  # checked above; only a race gets here
             raise TrainerError(f"--report {args.report}: {exc.strerror}") from None
     return 0
-
-
-def parse_kinds(raw: str) -> list[str]:
-    """--kinds: known kinds, comma separated, each once."""
-    kinds = [k.strip() for k in raw.split(",")]
-    if not any(kinds):
-        raise TrainerError(f"--kinds: no model kind given; choose from {','.join(KINDS)}")
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise TrainerError(f"--kinds: unknown model kind(s) {unknown}; choose from {list(KINDS)}")
-    repeated = sorted({k for k in kinds if kinds.count(k) > 1})
-    if repeated:
-        raise TrainerError(f"--kinds: {', '.join(repeated)} given more than once")
-    return kinds
-
-
-def check_writable_folder(folder: Path, flag: str) -> None:
-    """`folder` is, or can be created as, a folder we can write in; nothing is created.
-
-    Probed with a temporary file in the nearest existing folder (gone when closed): permission
-    bits say little when running as root, or on a read-only mount or /proc.
-    """
-    if folder.exists() and not folder.is_dir():
-        raise TrainerError(f"{flag} {folder}: exists and is not a folder")
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TrainerError(f"{flag} {folder}: {existing} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise TrainerError(f"{flag} {folder}: cannot write in {existing} ({why})") from None
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    path = path.resolve()
-    if path.is_dir():
-        raise TrainerError(f"{flag} {path}: is a folder, not a file")
-    check_writable_folder(path.parent, flag)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise TrainerError(f"{flag} {path}: not writable")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ class Dataset:
     skipped: dict[str, int] = field(default_factory=dict)
     source_id: str | None = None  # set by loaders whose identity is not the files (snapshots)
     users: pd.DataFrame | None = None  # user_id, gender, age_band, occupation (when known)
+    # Watch events (snapshots only), one row per (user, movie) the user watched but did not rate:
+    # user_id, item_id (int64), timestamp (int64 seconds, the first watched minute), minutes.
+    # A weaker implicit signal than a rating; None when the source has no watch events.
+    watches: pd.DataFrame | None = None
 
     def snapshot_id(self) -> str:
         """The data identity recorded in a release: for files, a hash of names and bytes."""
@@ -74,7 +78,7 @@ class Dataset:
         return f"movielens-{self.layout}-{digest.hexdigest()[:16]}"
 
     def stats(self) -> dict[str, int | str | dict[str, int]]:
-        return {
+        out: dict[str, int | str | dict[str, int]] = {
             "layout": self.layout,
             "ratings": len(self.ratings),
             "users": int(self.ratings["user_id"].nunique()),
@@ -82,6 +86,12 @@ class Dataset:
             "catalogue_items": len(self.items),
             "skipped": dict(self.skipped),
         }
+        if self.watches is not None:  # absent for MovieLens: its stats stay as they were
+            out["watch_pairs"] = len(self.watches)
+            out["watch_users"] = int(self.watches["user_id"].nunique())
+            out["watch_items"] = int(self.watches["item_id"].nunique())
+            out["watch_minutes"] = int(self.watches["minutes"].sum())
+        return out
 
     def user_groups(self, user_ids: np.ndarray) -> dict[str, np.ndarray]:
         """Per demographic grouping, each user's label ('' = unknown), aligned with `user_ids`."""
@@ -245,7 +255,7 @@ def _read_ratings(path: Path, layout: _Layout) -> pd.DataFrame:
             },
             engine="c",
         )
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, OverflowError, pd.errors.ParserError) as exc:
         raise _diagnose_ratings(path, text, sep, layout.header, str(exc)) from None
     if frame.isna().any().any():
         raise _diagnose_ratings(path, text, sep, layout.header, "missing values")
@@ -256,6 +266,9 @@ def _read_ratings(path: Path, layout: _Layout) -> pd.DataFrame:
         raise DataError(f"{path}:{bad + 1 + int(layout.header)}: ids must be positive integers")
     frame["rating"] = frame["rating"].astype("float32")
     return frame
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _diagnose_ratings(path: Path, text: str, sep: str, header: bool, why: str) -> DataError:
@@ -272,9 +285,11 @@ def _diagnose_ratings(path: Path, text: str, sep: str, header: bool, why: str) -
             )
         for name, value in zip(RATING_COLUMNS, fields[:4], strict=True):
             try:
-                int(value) if name in _INT_COLUMNS else float(value)
+                number = int(value) if name in _INT_COLUMNS else float(value)
             except ValueError:
                 return DataError(f"{path}:{lineno}: {name} is not a number: {value!r:.40}")
+            if name in _INT_COLUMNS and not _INT64_MIN <= number <= _INT64_MAX:
+                return DataError(f"{path}:{lineno}: {name} does not fit in 64 bits: {value!r:.40}")
     return DataError(f"{path}: could not parse ratings ({why})")
 
 
@@ -332,10 +347,13 @@ def load_snapshots(
     until: str | None = None,
     catalogue: str | Path | None = None,
 ) -> Dataset:
-    """Rate events (of any topic) from ingestor snapshots dated within [since, until].
+    """Rate and watch events (of any topic) from ingestor snapshots dated within [since, until].
 
     Rows are deduplicated by (topic, partition, offset), so a replayed window never counts an
-    event twice. Titles come from a MovieLens folder when `catalogue` is given.
+    event twice. Watch events (one per minute watched) collapse to one row per (user, movie) at
+    the first minute's time, and a pair the user also rated keeps only the rating (the stronger
+    signal): they become `Dataset.watches`. Titles come from a MovieLens folder when `catalogue`
+    is given; events for movies outside it are dropped and counted.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -351,13 +369,16 @@ def load_snapshots(
     tables = []
     for f in files:
         try:
-            tables.append(pq.read_table(io.BytesIO(store.get(f.key)), columns=columns))
+            table = pq.read_table(io.BytesIO(store.get(f.key)), columns=[*columns, "minute"])
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{store.uri}/{f.key}: unreadable snapshot ({exc})") from None
-    frame = pa.concat_tables(tables).to_pandas()
-    frame = frame[frame["kind"] == "rate"]
+        tables.append(table)
+    events = pa.concat_tables(tables).to_pandas()
+    frame = events[events["kind"] == "rate"]
+    watched = events[events["kind"] == "watch"]
     if frame.empty:
-        raise DataError(f"{uri}: the snapshots hold no rate events")
+        why = f" ({len(watched)} watch events, but training is evaluated on ratings)"
+        raise DataError(f"{uri}: the snapshots hold no rate events" + (why if len(watched) else ""))
     before = len(frame)
     frame = frame.drop_duplicates(["topic", "partition", "offset"])
     ratings = pd.DataFrame(
@@ -370,14 +391,55 @@ def load_snapshots(
     )
     if catalogue is not None:
         items = _read_items(*_items_file(Path(catalogue)))
-    else:
-        ids = np.unique(ratings["item_id"].to_numpy())
+    else:  # ids only; a movie only ever watched is still a movie
+        ids = np.union1d(ratings["item_id"].to_numpy(), watched["movie_id"].to_numpy(np.int64))
         items = pd.DataFrame({"item_id": ids, "title": "", "genres": ""})
     dataset = _clean(ratings, items, "snapshots", [])
     if before > len(frame):
         dataset.skipped["duplicate_offset"] = before - len(frame)
+    if len(watched):
+        dataset.watches = _watch_pairs(watched, dataset)
     dataset.source_id = snapshot_id(store, files)
     return dataset
+
+
+def _watch_pairs(events: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
+    """Per-minute watch events -> one row per (user, movie) not rated, counting what was dropped."""
+    skipped = dataset.skipped
+    before = len(events)
+    events = events.drop_duplicates(["topic", "partition", "offset"])
+    if before > len(events):
+        skipped["watch_duplicate_offset"] = before - len(events)
+    known = events["movie_id"].isin(dataset.items["item_id"])
+    if not known.all():
+        skipped["watch_item_not_in_catalogue"] = int((~known).sum())
+        events = events[known]
+    pairs = (
+        pd.DataFrame(
+            {
+                "user_id": events["user_id"].astype("int64"),
+                "item_id": events["movie_id"].astype("int64"),
+                "ts": events["ts"].astype("int64"),
+                "minute": events["minute"],
+            }
+        )
+        .groupby(["user_id", "item_id"], sort=True)
+        .agg(ts=("ts", "min"), minutes=("minute", "nunique"))
+        .reset_index()
+    )
+    rated = pd.MultiIndex.from_frame(dataset.ratings[["user_id", "item_id"]])
+    also_rated = pd.MultiIndex.from_frame(pairs[["user_id", "item_id"]]).isin(rated)
+    if also_rated.any():
+        skipped["watch_pair_also_rated"] = int(also_rated.sum())
+        pairs = pairs[~also_rated]
+    return pd.DataFrame(
+        {
+            "user_id": pairs["user_id"].to_numpy(np.int64),
+            "item_id": pairs["item_id"].to_numpy(np.int64),
+            "timestamp": pairs["ts"].to_numpy(np.int64) // 1000,
+            "minutes": pairs["minutes"].to_numpy(np.int64),
+        }
+    )
 
 
 def _items_file(folder: Path) -> tuple[Path, _Layout]:

@@ -113,12 +113,35 @@ def profile_ratings(
     )
 
 
-def profile_dataset(name: str, dataset: Dataset, after_ts: int | None = None) -> Profile:
-    """A Dataset's window; with `after_ts`, only its events newer than that (what is new)."""
+def profile_dataset(
+    name: str, dataset: Dataset, after_ts: int | None = None, with_watches: bool = False
+) -> Profile:
+    """A Dataset's window; with `after_ts`, only its events newer than that (what is new).
+
+    `with_watches` counts watched (user, item) pairs as interactions too, as a release trained
+    with watch weight > 0 has them in its history (`uses_watches`): both sides of a drift
+    comparison must count the same things. The rating histogram stays ratings only."""
+    import pandas as pd
+
     ratings = dataset.ratings
+    if with_watches and dataset.watches is not None and len(dataset.watches):
+        watched = dataset.watches[["user_id", "item_id", "timestamp"]]
+        ratings = pd.concat([ratings, watched], ignore_index=True)
     if after_ts is not None:
         ratings = ratings[ratings["timestamp"] > after_ts]
-    return profile_ratings(name, ratings, genres_of(dataset.items))
+    profile = profile_ratings(name, ratings, genres_of(dataset.items))
+    if with_watches:  # NaN ratings of the watch rows are not ratings
+        rated = dataset.ratings
+        if after_ts is not None:
+            rated = rated[rated["timestamp"] > after_ts]
+        profile.ratings = _rating_hist(rated["rating"].to_numpy())
+    return profile
+
+
+def uses_watches(manifest: dict[str, Any]) -> bool:
+    """Whether a release's history (what `profile_release` counts) includes watched pairs."""
+    signal = manifest.get("watch_signal") or {}
+    return bool(signal.get("weight"))
 
 
 def genres_of(items: pd.DataFrame) -> dict[int, str]:

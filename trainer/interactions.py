@@ -1,4 +1,5 @@
-"""The leave-last-out split, and the vocabulary built from a ratings table.
+"""The leave-last-out split, the vocabulary built from a ratings table, and what each fit of a
+kind trains on once watch events join the ratings (`FitSets`).
 
 `Vocab` and `Interactions` live in `trainer.models.data` (the seam both sides load); they are
 re-exported here so trainer code keeps one import for its data types.
@@ -16,13 +17,43 @@ from trainer.models.data import Interactions, Vocab
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Interactions", "Split", "Vocab", "build_vocab", "leave_last_out"]
+__all__ = [
+    "FitSets",
+    "Interactions",
+    "Split",
+    "Vocab",
+    "build_vocab",
+    "fit_sets",
+    "leave_last_out",
+    "watch_interactions",
+]
 
 
-def build_vocab(ratings: pd.DataFrame) -> Vocab:
+def build_vocab(ratings: pd.DataFrame, *more: pd.DataFrame) -> Vocab:
+    """Every user and item of `ratings` (and of `more` tables: watches), sorted."""
+    frames = (ratings, *more)
     return Vocab(
-        user_ids=np.unique(ratings["user_id"].to_numpy()).astype(np.int64),
-        item_ids=np.unique(ratings["item_id"].to_numpy()).astype(np.int64),
+        user_ids=np.unique(np.concatenate([f["user_id"].to_numpy() for f in frames])).astype(
+            np.int64
+        ),
+        item_ids=np.unique(np.concatenate([f["item_id"].to_numpy() for f in frames])).astype(
+            np.int64
+        ),
+    )
+
+
+def watch_interactions(watches: pd.DataFrame, vocab: Vocab, weight: float) -> Interactions:
+    """Watch pairs (user_id, item_id, timestamp) as interactions that count `weight` each."""
+    users = np.searchsorted(vocab.user_ids, watches["user_id"].to_numpy()).astype(np.int32)
+    items = np.searchsorted(vocab.item_ids, watches["item_id"].to_numpy()).astype(np.int32)
+    ts = watches["timestamp"].to_numpy().astype(np.int64)
+    return Interactions.build(
+        users,
+        items,
+        ts,
+        vocab.n_users,
+        vocab.n_items,
+        weight=np.full(users.size, weight, dtype=np.float32),
     )
 
 
@@ -51,3 +82,37 @@ def leave_last_out(data: Interactions) -> Split:
     return Split(
         train=data.select(~(test | valid)), valid=data.select(valid), test=data.select(test)
     )
+
+
+@dataclass(frozen=True)
+class FitSets:
+    """What the three fits of a kind train on (and never rank again at evaluation).
+
+    The split stays on ratings only; watches join the training side alone, each fit seeing the
+    watches that happened before the interaction it is measured on: `tune` = train + watches
+    before each user's validation interaction, `holdout` = train+validation + watches before
+    each user's test interaction, `final` = all ratings + every watch. Users with nothing held
+    out (and watch-only users) contribute every watch. Without watches they are exactly
+    `split.train`, `split.train_valid` and the data.
+    """
+
+    tune: Interactions
+    holdout: Interactions
+    final: Interactions
+
+
+def fit_sets(data: Interactions, split: Split, watches: Interactions | None = None) -> FitSets:
+    if watches is None or len(watches) == 0:
+        return FitSets(split.train, split.train_valid, data)
+    return FitSets(
+        split.train.concat(watches.select(watches_before(watches, split.valid))),
+        split.train_valid.concat(watches.select(watches_before(watches, split.test))),
+        data.concat(watches),
+    )
+
+
+def watches_before(watches: Interactions, held_out: Interactions) -> np.ndarray:
+    """Mask of the watches strictly older than their user's held-out interaction (if any)."""
+    cutoff = np.full(watches.n_users, np.iinfo(np.int64).max, dtype=np.int64)
+    cutoff[held_out.user_idx] = held_out.timestamp
+    return watches.timestamp < cutoff[watches.user_idx]

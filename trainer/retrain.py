@@ -36,6 +36,7 @@ from trainer.drift import (
     drift_report,
     profile_dataset,
     profile_release,
+    uses_watches,
 )
 from trainer.drift import summary_lines as drift_lines
 from trainer.gate import (
@@ -161,8 +162,9 @@ def retrain(
         prod_view, prod_data = load_release(registry, production)
         dataset = with_catalogue(dataset, prod_data.catalogue)
         reference = profile_release(production, prod_data)
-        current = profile_dataset("new events", dataset, after_ts=reference.last_ts)
-        whole = profile_dataset("window", dataset)
+        watches = uses_watches(prod_data.manifest)
+        current = profile_dataset("new events", dataset, reference.last_ts, watches)
+        whole = profile_dataset("window", dataset, with_watches=watches)
         outcome.drift = drift_report(reference, current, drift_settings, whole)
         log.info("drift against %s: %s", production, outcome.drift["verdict"])
     outcome.seconds["drift"] = round(clock() - started, 2)
@@ -170,9 +172,7 @@ def retrain(
     def extend(trained: Trained) -> dict[str, Any]:
         gate_started = clock()
         scorers = {r.kind: r.holdout_scorer for r in trained.results}
-        candidate = ReleaseView.build(
-            "candidate", trained.vocab, scorers, trained.split.train_valid
-        )
+        candidate = ReleaseView.build("candidate", trained.vocab, scorers, trained.holdout_seen)
         held = HeldOut.from_split(trained.vocab, trained.split.test)
         outcome.gate = run_gate(GateInputs(candidate, prod_view, held), gate_settings)
         outcome.seconds["gate"] = round(clock() - gate_started, 2)

@@ -25,6 +25,8 @@ from typing import Any
 from ingestor.snapshot import day
 from model_registry.control import ControlPlane
 from model_registry.registry import VERSION_RE, Registry
+from model_registry.storage import LocalStore
+from trainer.arguments import check_writable_file, check_writable_folder, parse_kinds
 from trainer.data import Dataset, load_movielens, load_snapshots
 from trainer.drift import (
     DriftSettings,
@@ -32,6 +34,7 @@ from trainer.drift import (
     drift_report,
     profile_dataset,
     profile_release,
+    uses_watches,
 )
 from trainer.drift import summary_lines as drift_lines
 from trainer.errors import TrainerError
@@ -50,7 +53,7 @@ _RANGE = re.compile(rf"(?P<uri>.+)@(?P<since>{_DAY})?\.\.(?P<until>{_DAY})?")
 def _window_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="MovieLens folder")
-    source.add_argument("--snapshots", help="ingestor store URI: its rate snapshots")
+    source.add_argument("--snapshots", help="ingestor store URI: its rate and watch snapshots")
     p.add_argument("--since", type=day, help="with --snapshots: first date (YYYY-MM-DD)")
     p.add_argument("--until", type=day, help="with --snapshots: last date (default today)")
     p.add_argument("--window", help="with --snapshots: N days up to --until (90d), or all")
@@ -117,8 +120,14 @@ def run(args: argparse.Namespace, today: date | None = None) -> int:
 
 
 def _retrain(args: argparse.Namespace, today: date) -> int:
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    # what a user can get wrong is checked before loading data, training or publishing
+    kinds = parse_kinds(args.kinds)
+    for flag, path in (("--report", args.report), ("--summary", args.summary)):
+        if path is not None:
+            check_writable_file(path, flag)
     registry = Registry.open(args.registry)
+    if isinstance(registry.store, LocalStore):
+        check_writable_folder(registry.store.root, "--registry")
     dataset, window = _load(args, today)
     window["snapshot_id"] = dataset.snapshot_id()
     outcome = retrain(
@@ -175,14 +184,17 @@ def _gate(args: argparse.Namespace, today: date) -> int:
     return EXIT_OK if gate["decision"] == "accept" else EXIT_REFUSED
 
 
-def _profile(spec: str, registry: str | None, after_ts: int | None = None) -> Profile:
+def _profile(
+    spec: str, registry: str | None, after_ts: int | None = None, with_watches: bool = False
+) -> tuple[Profile, bool]:
+    """The profile of a release or a window, and whether it counts watched pairs."""
     if spec == "production" or VERSION_RE.match(spec):
         if registry is None:
             raise TrainerError(f"{spec}: a release needs --registry")
         reg = Registry.open(registry)
         version = _version(reg, spec)
         _, data = load_release(reg, version)
-        return profile_release(version, data)
+        return profile_release(version, data), uses_watches(data.manifest)
     if "://" in spec:
         match = _RANGE.fullmatch(spec)
         if match:
@@ -191,13 +203,14 @@ def _profile(spec: str, registry: str | None, after_ts: int | None = None) -> Pr
             dataset = load_snapshots(spec)
     else:
         dataset = load_movielens(spec)
-    return profile_dataset(spec, dataset, after_ts=after_ts)
+    return profile_dataset(spec, dataset, after_ts, with_watches), with_watches
 
 
 def _drift(args: argparse.Namespace) -> int:
-    reference = _profile(args.reference, args.registry)
+    # a window compared with a release counts what that release's history counts
+    reference, watches = _profile(args.reference, args.registry)
     after = reference.last_ts if args.new_only else None
-    current = _profile(args.current, args.registry, after)
+    current, _ = _profile(args.current, args.registry, after, watches)
     report = drift_report(reference, current, DriftSettings())
     print(json.dumps(report, indent=2) if args.json else "\n".join(drift_lines(report)))
     return EXIT_OK

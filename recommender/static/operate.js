@@ -3,7 +3,6 @@ import { api, getToken, setToken } from "./api.js";
 import { badge, h, kv, show, status, table, when } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
-const METRICS = ["ndcg@10", "hr@10", "coverage@10"];
 const STALE_S = 120; // replicas report at least every 60 s (follower.REPORT_EVERY): two missed
 const EVERY_MS = 5000; // the view follows the fleet while it is open (replicas poll as often)
 let current = null;
@@ -177,17 +176,78 @@ function experimentName(exp) {
   return `${exp.name || "experiment"}${exp.status ? ` (${exp.status})` : ""}: ${arms}`;
 }
 
+// Per kind, the test metrics the trainer stored (docs/evaluation.md): quality, then popularity
+// bias. Headers are the manifest's keys; hovering one says what it measures.
+const METRICS = [
+  ["ndcg@10", 3, "NDCG@10 of the held-out item, full ranking"],
+  ["hr@10", 3, "hit rate: share of users whose held-out item is in their top 10"],
+  ["coverage@10", 3, "catalogue coverage: share of items in at least one user's top 10"],
+  ["gini@10", 3, "exposure Gini over items in all users' top 10 (0 = equal, 1 = one item)"],
+  ["long_tail@10", 3, "share of recommended slots outside the most popular 20% of items"],
+  ["novelty@10", 2, "mean -log2(share of users who saw the item), bits"],
+];
+const DASH = "–"; // a value the manifest does not have
+
+function num(value, digits) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : DASH;
+}
+
+// One grouping's summary: "gender 1.15× (M 0.060 / F 0.052)", the NDCG@10 of the best and the
+// worst group among those with enough users to be compared.
+function fairnessLine(name, f) {
+  const ratio = f && typeof f["ndcg@10_max_min"] === "number"
+    ? `${f["ndcg@10_max_min"].toFixed(2)}×` : DASH;
+  const floor = f && typeof f.min_users === "number" ? f.min_users : 50;
+  const group = (g) => `${g.name} ${num(g["ndcg@10"], 3)}`;
+  const pair = f && f.best && f.worst ? `(${group(f.best)} / ${group(f.worst)})`
+    : `(no two groups of ≥ ${floor} users)`;
+  const title = f ? `NDCG@10 best/worst group over ${f.ratioed ?? DASH} of ${f.groups ?? DASH}` +
+    ` groups with ≥ ${floor} users; HR@10 max/min ${num(f["hr@10_max_min"], 2)}` : null;
+  return h("li", { "data-grouping": name, title }, `${name} ${ratio} ${pair}`);
+}
+
+function fairnessCell(fairness) {
+  if (!fairness || typeof fairness !== "object") return DASH;
+  const entries = Object.entries(fairness);
+  if (!entries.length) return DASH;
+  return h("ul", { class: "fairness" }, entries.map(([name, f]) => fairnessLine(name, f)));
+}
+
+// The rating part's test RMSE/MAE next to its global mean + biases baseline.
+function ratingLine(rating) {
+  if (!rating || typeof rating !== "object") {
+    return h("p", { class: "meta rating" }, `rating (test): ${DASH}`);
+  }
+  const r = rating;
+  return h("p", { class: "meta rating" }, "rating (test): ",
+    h("span", { "data-metric": "rmse" }, `RMSE ${num(r.rmse, 4)}`), " · ",
+    h("span", { "data-metric": "mae" }, `MAE ${num(r.mae, 4)}`),
+    " vs global mean + biases ",
+    h("span", { "data-metric": "baseline_rmse" }, `RMSE ${num(r.baseline_rmse, 4)}`), " · ",
+    h("span", { "data-metric": "baseline_mae" }, `MAE ${num(r.baseline_mae, 4)}`));
+}
+
 function metricsCell(release) {
   const kinds = release.metrics;
   if (!kinds || typeof kinds !== "object" || Array.isArray(kinds)) {
-    return h("span", { class: "hint" }, (release.models || []).join(", ") || "—");
+    return h("span", { class: "hint" }, (release.models || []).join(", ") || DASH);
   }
-  return h("ul", { class: "movies" }, Object.entries(kinds).map(([kind, value]) => {
-    const m = value?.metrics ?? value ?? {};
-    const parts = METRICS.filter((name) => typeof m[name] === "number")
-      .map((name) => h("span", { class: "metric" }, `${name} ${m[name].toFixed(3)}`));
-    return h("li", {}, h("strong", {}, kind), parts.length ? parts : " no metrics");
+  const fairness = release.fairness && typeof release.fairness === "object" ? release.fairness : {};
+  const grid = h("table", { class: "metrics" });
+  table(grid, [
+    "kind",
+    ...METRICS.map(([name, , title]) => h("abbr", { title }, name)),
+    h("abbr", { title: "NDCG@10 max/min between user groups (best / worst group)" },
+      "fairness"),
+  ], Object.entries(kinds).map(([kind, value]) => {
+    const m = value && typeof value === "object" ? (value.metrics ?? value) : {};
+    return [
+      h("strong", { "data-kind": kind }, kind),
+      ...METRICS.map(([name, digits]) => h("span", { "data-metric": name }, num(m[name], digits))),
+      fairnessCell(fairness[kind]),
+    ];
   }));
+  return h("div", { class: "offline" }, grid, ratingLine(release.rating));
 }
 
 function gateCell(release) {
@@ -209,10 +269,12 @@ function renderReleases(state) {
     h("strong", {}, r.version),
     r.version === state.active || r.active ? badge("active", "yes") : "",
     r.memory_bytes ? `${(r.memory_bytes / 1e6).toFixed(1)} MB` : "",
-    metricsCell(r),
     gateCell(r),
+    metricsCell(r),
   ]);
-  table($("op-releases"), ["Version", "Serving", "Memory", "Offline metrics (test)", "Gate"],
+  // the gate before the wide metrics: it stays in view when the table scrolls sideways
+  table($("op-releases"),
+    ["Version", "Serving", "Memory", "Gate", "Offline metrics (test): quality, bias, fairness"],
     rows.length ? rows : [["none loaded", "", "", "", ""]]);
   show($("versions"), state.releases.map((r) => h("option", { value: r.version })));
 }

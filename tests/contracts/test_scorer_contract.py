@@ -28,10 +28,10 @@ FAST_PARAMS: dict[str, dict] = {  # small, quick settings: the contract is about
     # Uniform negatives do sample item u for user u (it is unseen): weight decay and a short run
     # make NCF learn the group structure instead of memorising those draws.
     "ncf": {
-        "gmf_dim": 8,
-        "mlp_dim": 8,
+        "dim": 8,
         "hidden": (16, 8),
-        "epochs": 15,
+        "pretrain_epochs": 10,
+        "finetune_epochs": 5,
         "batch_size": 32,
         "lr": 0.01,
         "weight_decay": 1e-3,

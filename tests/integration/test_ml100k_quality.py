@@ -26,6 +26,9 @@ PEERS = {
     "als": (0.054, 0.107),  # implicit ALS, BM25-weighted
     "ncf": (0.047, 0.093),  # RecBole NeuMF
 }
+# Ours above the peer where seeds allow a bar: NCF's lowest of three seeds is 0.0495 / 0.0997
+# (mean 0.0512, docs/evaluation.md); this run is seed 0 (0.0543 / 0.1018 when measured).
+OURS = {"ncf": (0.049, 0.095)}
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +64,7 @@ def trained(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_matches_or_beats_best_peer(trained: dict, kind: str) -> None:
     metrics = trained["report"]["kinds"][kind]["metrics"]
-    ndcg, hr = PEERS[kind]
+    ndcg, hr = OURS.get(kind, PEERS[kind])
     assert metrics["ndcg@10"] >= ndcg and metrics["hr@10"] >= hr, metrics
 
 

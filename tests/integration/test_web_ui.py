@@ -9,14 +9,17 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
 
+from model_registry.registry import Registry
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
     REPO,
+    build_release,
     free_port,
     python,
     start,
@@ -95,9 +98,7 @@ class Page:
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.errors: list[str] = []
-        self.page.on(
-            "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
-        )
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
         self.base = base
 
@@ -194,7 +195,7 @@ def test_operator_view_read_only_then_with_the_token(tab: Page) -> None:
     summary = page.locator("#op-summary")
     summary.get_by_text("v0.2").first.wait_for()
     assert "in sync" in summary.inner_text()
-    releases = page.locator("#op-releases tbody tr")
+    releases = page.locator("#op-releases > tbody > tr")  # each row nests a table of its kinds
     releases.nth(1).wait_for()
     assert releases.count() == 2  # v0.2 active, v0.1 loaded as a candidate
     assert "ndcg@10" in page.locator("#op-releases").inner_text()
@@ -239,7 +240,7 @@ def test_readable_at_phone_width(browser, served: str) -> None:
             tab.goto(fragment)
             tab.page.locator("#release-line").get_by_text("serving release").wait_for()
             if fragment == "#operate":
-                tab.page.locator("#op-releases tbody tr").first.wait_for()
+                tab.page.locator("#op-releases > tbody > tr").first.wait_for()
             overflow = tab.page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
@@ -248,3 +249,216 @@ def test_readable_at_phone_width(browser, served: str) -> None:
         assert tab.errors == []
     finally:
         tab.close()
+
+
+# ---- popularity bias, fairness and rating of every loaded release (issue #14) ---------------
+HOSTILE = '<img src=x onerror="window.__pwned=1">'  # a group name is data, shown as text
+METRIC_DIGITS = {
+    "ndcg@10": 3,
+    "hr@10": 3,
+    "coverage@10": 3,
+    "gini@10": 3,
+    "long_tail@10": 3,
+    "novelty@10": 2,
+}
+DASH = "–"
+
+
+def fixed(value: float, digits: int) -> str:
+    """JavaScript's Number.prototype.toFixed for the non-negative numbers manifests carry."""
+    exact = Decimal(value)  # the double's exact value, rounded half up as toFixed does
+    return str(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def shown(value: object, digits: int) -> str:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return fixed(value, digits) if ok else DASH
+
+
+def fairness_line(name: str, grouping: dict) -> str:
+    """What the view should say for one grouping, computed from the manifest's full group list."""
+    floor = grouping.get("min_users", 50)
+    big = sorted((n, g) for n, g in grouping["groups"].items() if g["users"] >= floor)
+    ratio = grouping.get("ndcg@10_max_min")
+    head = f"{name} {fixed(ratio, 2)}×" if ratio is not None else f"{name} {DASH}"
+    if len(big) < 2:
+        return f"{head} (no two groups of ≥ {floor} users)"
+    best = max(big, key=lambda ng: ng[1]["ndcg@10"])
+    worst = min(big, key=lambda ng: ng[1]["ndcg@10"])
+    pair = " / ".join(f"{n} {fixed(g['ndcg@10'], 3)}" for n, g in (best, worst))
+    return f"{head} ({pair})"
+
+
+def rating_line(manifest: dict) -> str:
+    m = (manifest.get("rating") or {}).get("metrics")
+    if not isinstance(m, dict):
+        return f"rating (test): {DASH}"
+    return (
+        f"rating (test): RMSE {shown(m.get('rmse'), 4)} · MAE {shown(m.get('mae'), 4)} "
+        f"vs global mean + biases RMSE {shown(m.get('baseline_rmse'), 4)} · "
+        f"MAE {shown(m.get('baseline_mae'), 4)}"
+    )
+
+
+def check_release_row(page, manifest: dict) -> int:
+    """Every kind's metrics, fairness lines and the rating line of one release's row match its
+    manifest (missing values as a dash); returns how many fairness ratios were checked."""
+    rows = page.locator("#op-releases > tbody > tr")
+    row = rows.filter(has=page.locator("td:first-child", has_text=manifest["version"]))
+    assert row.count() == 1, manifest["version"]
+    ratios = 0
+    for kind, info in manifest["kinds"].items():
+        line = row.locator("table.metrics > tbody > tr").filter(
+            has=page.locator(f'strong[data-kind="{kind}"]')
+        )
+        metrics = info.get("metrics") or {}
+        for key, digits in METRIC_DIGITS.items():
+            cell = line.locator(f'[data-metric="{key}"]')
+            assert cell.inner_text() == shown(metrics.get(key), digits), (kind, key)
+        fairness = info.get("fairness") or {}
+        items = line.locator("li[data-grouping]")
+        assert items.count() == len(fairness), kind
+        if not fairness:
+            assert line.locator("td").last.inner_text() == DASH
+        for name, grouping in fairness.items():
+            text = line.locator(f'li[data-grouping="{name}"]').inner_text()
+            assert text == fairness_line(name, grouping), (kind, name)
+            ratios += grouping.get("ndcg@10_max_min") is not None
+    assert row.locator("p.rating").inner_text() == rating_line(manifest)
+    return ratios
+
+
+def bias_manifest() -> dict:
+    """A release's bias, fairness and rating blocks as the trainer writes them (numbers made up;
+    occupation with more groups than the view lists, one below the 50-user floor and best)."""
+    occupation = {
+        f"job{i:02d}": {"users": 55, "hr@10": 0.1, "ndcg@10": 0.02 + i / 997} for i in range(9)
+    }
+    occupation["tiny"] = {"users": 12, "hr@10": 0.5, "ndcg@10": 0.4}
+    occupation[HOSTILE] = {"users": 80, "hr@10": 0.2, "ndcg@10": 0.09213}
+    kinds = {}
+    for n, kind in enumerate(("popularity", "itemcf", "als", "ncf")):
+        metrics = {
+            "ndcg@10": 0.0523 + n / 101,
+            "hr@10": 0.1017 + n / 53,
+            "coverage@10": 0.0511 + n / 7,
+            "gini@10": 0.98674 - n / 9,
+            "long_tail@10": 0.0123 + n / 11,
+            "novelty@10": 1.2397 + n / 3,
+        }
+        if kind == "ncf":
+            del metrics["novelty@10"]  # a value the manifest lacks shows as a dash
+        kinds[kind] = {"params": {}, "metrics": metrics}
+        if kind == "ncf":
+            continue  # no fairness block at all
+        kinds[kind]["fairness"] = {
+            "gender": {
+                "groups": {
+                    "F": {"users": 273, "hr@10": 0.09, "ndcg@10": 0.052},
+                    "M": {"users": 670, "hr@10": 0.1, "ndcg@10": 0.06 + n / 1000},
+                },
+                "min_users": 50,
+                "hr@10_max_min": 1.1111,
+                "ndcg@10_max_min": round((0.06 + n / 1000) / 0.052, 4),
+            },
+            "occupation": {
+                "groups": occupation,
+                "min_users": 50,
+                "hr@10_max_min": 2.0,
+                "ndcg@10_max_min": round(0.09213 / 0.02, 4),
+            },
+            "activity": {
+                "groups": {q: {"users": 20, "hr@10": 0.1, "ndcg@10": 0.03} for q in ["q1", "q2"]},
+                "min_users": 50,
+                "hr@10_max_min": None,
+                "ndcg@10_max_min": None,
+            },
+        }
+    rating = {
+        "params": {"factors": 8},
+        "metrics": {
+            "rmse": 1.01557,
+            "mae": 0.80283,
+            "n": 943,
+            "baseline_rmse": 1.0443,
+            "baseline_mae": 0.82592,
+        },
+    }
+    return {"kinds": kinds, "rating": rating}
+
+
+@pytest.fixture(scope="module")
+def served_bias(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """One release (no training: random arrays) whose manifest has every bias block."""
+    root = tmp_path_factory.mktemp("ui-bias")
+    registry = (root / "registry").as_uri()
+    assert build_release(registry, manifest=bias_manifest()) == "v0.1"
+    port = free_port()
+    proc = start(
+        [python(), "-m", "recommender", "--registry", registry, "--port", str(port)],
+        log=root / "service.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/readyz", timeout=60, proc=proc)
+        yield base, registry
+    finally:
+        stop(proc)
+
+
+def test_operator_view_shows_bias_fairness_and_rating_of_the_active_release(
+    browser, served_bias: tuple[str, str]
+) -> None:
+    base, registry = served_bias
+    tab = Page(browser, base)
+    try:
+        page = tab.page
+        tab.goto("#operate")
+        page.locator("#op-releases table.metrics").first.wait_for()
+        state = page.request.get(f"{base}/operator/state").json()
+        active = next(r["version"] for r in state["releases"] if r["active"])
+        manifest = Registry.open(registry).manifest(active)
+        assert check_release_row(page, manifest) == 6  # gender and occupation of three kinds
+        als = page.locator("#op-releases table.metrics > tbody > tr").filter(
+            has=page.locator('strong[data-kind="als"]')
+        )
+        # what an operator reads (the numbers above, spelled out once)
+        assert als.locator('[data-metric="gini@10"]').inner_text() == "0.765"
+        assert als.locator('[data-metric="long_tail@10"]').inner_text() == "0.194"
+        assert als.locator('[data-metric="novelty@10"]').inner_text() == "1.91"
+        gender = als.locator('li[data-grouping="gender"]').inner_text()
+        assert gender == "gender 1.19× (M 0.062 / F 0.052)"
+        ncf = page.locator("#op-releases table.metrics > tbody > tr").filter(
+            has=page.locator('strong[data-kind="ncf"]')
+        )
+        assert ncf.locator('[data-metric="novelty@10"]').inner_text() == DASH
+        # the 12-user group scores best but is not compared; the hostile name stays text
+        occupation = als.locator('li[data-grouping="occupation"]').inner_text()
+        assert occupation == f"occupation 4.61× ({HOSTILE} 0.092 / job00 0.020)"
+        assert page.locator("#op-releases img").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        assert page.locator("#op-releases p.rating").inner_text() == (
+            "rating (test): RMSE 1.0156 · MAE 0.8028 vs global mean + biases RMSE 1.0443 · "
+            "MAE 0.8259"
+        )
+        tab.screenshot("operate-bias.png")
+        assert tab.errors == []
+    finally:
+        tab.close()
+
+
+def test_operator_view_metrics_match_every_loaded_manifest(tab: Page, two_releases: dict) -> None:
+    """v0.1 trained by the CLI (real bias, activity groups, rating), v0.2 from arrays (none)."""
+    page = tab.page
+    tab.goto("#operate")
+    page.locator("#op-releases > tbody > tr").nth(1).locator("table.metrics").wait_for()
+    registry = Registry.open(two_releases["registry"])
+    trained = registry.manifest("v0.1")
+    assert "gini@10" in trained["kinds"]["als"]["metrics"] and trained["rating"]
+    check_release_row(page, trained)
+    check_release_row(page, registry.manifest("v0.2"))
+    v02 = page.locator("#op-releases > tbody > tr").filter(
+        has=page.locator("td:first-child", has_text="v0.2")
+    )
+    assert v02.locator('[data-metric="gini@10"]').first.inner_text() == DASH
+    assert tab.errors == []

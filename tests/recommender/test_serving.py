@@ -238,7 +238,7 @@ def test_oversized_and_malformed_bodies(registry: str) -> None:
             content=b'{"movie_ids": [' + b"1," * 5000 + b"1]}",
             headers={"content-type": "application/json"},
         )
-        assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+        assert r.status_code == 413 and r.json()["error"] == "body_too_large"
         r = c.post("/recommend", content=b"\xff\xfe{", headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"] == "bad_request"
         assert (

@@ -135,6 +135,39 @@ def test_bad_input_exits_2(tmp_path: Path, capsys) -> None:
     assert code == 2
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--kinds", ""], "error: --kinds: no model kind given"),
+        (["--kinds", "als,als"], "error: --kinds: als given more than once"),
+        (["--kinds", "svd"], "error: --kinds: unknown model kind(s) ['svd']"),
+        (["--report", "."], "is a folder, not a file"),
+        (["--summary", "/proc/marquee/summary.md"], "error: --summary"),
+    ],
+)
+def test_retrain_arguments_are_checked_before_anything_runs(
+    tmp_path: Path, windows: dict[str, Path], capsys, extra: list[str], message: str
+) -> None:
+    registry = tmp_path / "registry"
+    args = ["retrain", "--data", str(windows["all"]), "--registry", registry.as_uri()]
+    assert main([*args, "--kinds", KINDS, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not registry.exists()  # nothing loaded, trained or published
+
+
+def test_an_unreachable_registry_exits_1(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A store that does not answer is a dependency down (exit 1), not a user error (2)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code = main(["drift", "--reference", "production", "--current", str(tmp_path),
+                 "--registry", "s3://marquee-nowhere/registry"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+
+
 def _workflow() -> dict:
     return yaml.safe_load((REPO / ".github/workflows/retrain.yml").read_text())
 

@@ -1,7 +1,8 @@
 """ALS matrix factorisation (`implicit`, CPU), served from plain numpy factors.
 
 Confidence weighting is a tuned choice: binary, or BM25 (which damps heavy users and items), each
-optionally scaled up for a user's most recent interactions.
+optionally scaled up for a user's most recent interactions, and scaled by each row's weight
+(watch events count less than ratings; a zero-weight row is dropped, as if absent).
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ def confidence(data: Interactions, params: ALSParams):  # -> scipy csr
     values = np.ones(len(data), dtype=np.float32)
     if params.recency_tau is not None:
         values = values + recency_weights(data, params.recency_tau)
+    if data.weight is not None:  # a watch's confidence is its weight times a rating's
+        values = values * data.weight
     matrix = data.matrix(values=values)
+    if data.weight is not None:
+        matrix.eliminate_zeros()  # a stored 0 would read as "confidence 0", not "absent"
     if params.weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 

@@ -65,6 +65,8 @@ class Interactions:
 
     `rating` carries the explicit rating of each row when the source has one (the rating model
     trains on it; the ranking kinds ignore it and treat every row as an implicit interaction).
+    `weight` is how much each row counts for the ranking kinds (None: every row 1.0); watch
+    events enter training as rows with a weight below 1 (docs/retrain.md, "Watch events").
     """
 
     user_idx: np.ndarray  # int32
@@ -73,6 +75,7 @@ class Interactions:
     n_users: int
     n_items: int
     rating: np.ndarray | None = None  # float32, aligned with the rows above
+    weight: np.ndarray | None = None  # float32, aligned with the rows above; None = all 1.0
 
     def __len__(self) -> int:
         return int(self.user_idx.size)
@@ -94,6 +97,7 @@ class Interactions:
         n_users: int,
         n_items: int,
         rating: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
     ) -> Interactions:
         order = np.lexsort((items, ts, users))
         return cls(
@@ -103,7 +107,14 @@ class Interactions:
             n_users,
             n_items,
             None if rating is None else np.asarray(rating)[order].astype(np.float32),
+            None if weight is None else np.asarray(weight)[order].astype(np.float32),
         )
+
+    def weights(self) -> np.ndarray:
+        """Each row's weight as float32 (all 1.0 when the data carries none)."""
+        if self.weight is None:
+            return np.ones(len(self), dtype=np.float32)
+        return self.weight
 
     def matrix(self, values: np.ndarray | None = None) -> sp.csr_matrix:
         """users x items CSR; binary unless per-interaction `values` are given."""
@@ -130,6 +141,7 @@ class Interactions:
             self.n_users,
             self.n_items,
             None if self.rating is None else self.rating[mask],
+            None if self.weight is None else self.weight[mask],
         )
 
     def concat(self, other: Interactions) -> Interactions:
@@ -143,4 +155,8 @@ class Interactions:
             None
             if self.rating is None or other.rating is None
             else np.concatenate([self.rating, other.rating]),
+            # weights survive when either side has them; the other side's rows count 1.0
+            None
+            if self.weight is None and other.weight is None
+            else np.concatenate([self.weights(), other.weights()]),
         )

@@ -1,7 +1,8 @@
 """Item-based CF: shrunk cosine item-item similarity, top-K neighbours per item, sparse throughout.
 
 A user's score for item i is the sum over the items j in their history of w_j * sim(j, i), where
-w_j decays with how long ago (in steps) the user consumed j when `recency_tau` is set.
+w_j decays with how long ago (in steps) the user consumed j when `recency_tau` is set, and is
+scaled by the row's weight (a watch counts less than a rating); the cosine is weighted the same way.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ def _csr_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
 
 
 def item_similarity(binary: sp.csr_matrix, neighbours: int, shrink: float) -> sp.csr_matrix:
-    """Shrunk cosine between item columns, keeping each item's `neighbours` most similar items."""
+    """Shrunk cosine between item columns, keeping each item's `neighbours` most similar items.
+
+    `binary` may carry per-interaction weights instead of ones (the cosine is then weighted)."""
     by_item = binary.T.tocsr().astype(np.float32)
     n_items = by_item.shape[0]
-    norms = np.sqrt(np.asarray(by_item.sum(axis=1)).ravel())
+    norms = np.sqrt(np.asarray(by_item.multiply(by_item).sum(axis=1)).ravel())
     k = min(neighbours, max(n_items - 1, 1))
     rows, cols, vals = [], [], []
     for start in range(0, n_items, _BLOCK):
@@ -101,8 +104,13 @@ def fit(
     rng: np.random.Generator,
     valid: Interactions | None = None,
 ) -> ItemCFScorer:
-    similarity = item_similarity(data.matrix(), params.neighbours, params.shrink)
-    history = data.matrix(values=recency_weights(data, params.recency_tau))
+    if data.weight is None:
+        similarity = item_similarity(data.matrix(), params.neighbours, params.shrink)
+        history = data.matrix(values=recency_weights(data, params.recency_tau))
+    else:  # weighted rows (watches): weighted co-occurrence, and a weighted history
+        weights = data.weights()
+        similarity = item_similarity(data.matrix(values=weights), params.neighbours, params.shrink)
+        history = data.matrix(values=recency_weights(data, params.recency_tau) * weights)
     return ItemCFScorer(similarity, history)
 
 

@@ -1,4 +1,5 @@
-"""Popularity: how often each item was consumed, optionally counting recent interactions more."""
+"""Popularity: how often each item was consumed (each row counted by its weight), optionally
+counting recent interactions more."""
 
 from __future__ import annotations
 
@@ -42,10 +43,10 @@ def fit(
     rng: np.random.Generator,
     valid: Interactions | None = None,
 ) -> PopularityScorer:
-    weights = np.ones(len(data), dtype=np.float64)
+    weights = data.weights().astype(np.float64)  # a watch counts less than a rating
     if params.half_life_days is not None and len(data):
         age_days = (data.timestamp.max() - data.timestamp) / _DAY
-        weights = np.power(0.5, age_days / params.half_life_days)
+        weights = weights * np.power(0.5, age_days / params.half_life_days)
     counts = np.bincount(data.item_idx, weights=weights, minlength=data.n_items)
     top = counts.max() if counts.size and counts.max() > 0 else 1.0
     return PopularityScorer((counts / top).astype(np.float32), n_users=data.n_users)

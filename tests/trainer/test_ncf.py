@@ -1,0 +1,116 @@
+"""NCF's data-sized settings, its pre-train -> fuse -> fine-tune schedule, and what it records.
+
+Fast: a few hundred users with two taste groups, a handful of epochs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.interactions import Interactions, leave_last_out
+from trainer.models import ncf
+from trainer.models.ranking import full_ranking_ndcg
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "batch", "lr"),
+    [
+        (99_000, 32, 256, 0.001),  # ML-100K's training split: the settings tuned there
+        (1_000_000, 64, 2048, 0.002828),
+        (10_000_000, 64, 4096, 0.004),  # epochs hold at most 2M positives: batch from that
+        (5_000, 16, 256, 0.001),
+    ],
+)
+def test_sizes_follow_the_data(n: int, dim: int, batch: int, lr: float) -> None:
+    p = ncf.NCFParams().resolve(n)
+    assert (p.dim, p.batch_size, p.lr) == (dim, batch, lr)
+    assert p.negatives == (6 if n <= 1_000_000 else 4)
+    assert p.hidden == (min(2 * dim, 64), min(dim, 32), min(dim // 2, 16))
+    pinned = ncf.NCFParams(dim=8, hidden=(8,), batch_size=64, lr=0.01).resolve(n)
+    assert (pinned.dim, pinned.hidden, pinned.batch_size, pinned.lr) == (8, (8,), 64, 0.01)
+
+
+def _two_tastes(
+    seed: int = 0, n_users: int = 200, n_items: int = 60, per_user: int = 12
+) -> Interactions:
+    """Even users like even items, odd users odd items: a structure NCF must find."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        pool = np.arange(u % 2, n_items, 2)
+        for i in rng.choice(pool, min(per_user, pool.size), replace=False):
+            users.append(u)
+            items.append(i)
+    ts = rng.permutation(len(users))
+    return Interactions.build(np.array(users), np.array(items), ts, n_users, n_items)
+
+
+FAST = {"dim": 8, "hidden": (16, 8), "batch_size": 128, "lr": 0.01, "pretrain_epochs": 6}
+
+
+def test_pretraining_records_its_choices_and_the_refit_repeats_them() -> None:
+    split = leave_last_out(_two_tastes())
+    tuned = ncf.fit(split.train, ncf.NCFParams(**FAST), np.random.default_rng(0), split.valid)
+    chosen = tuned.resolved_params
+    assert 1 <= chosen.pretrain_epochs <= 6 and 0 <= chosen.finetune_epochs <= 10
+    assert chosen.alpha in ncf._ALPHAS and chosen.dim == 8
+    # validation picked them, so the tuned model is at least as good as any alpha after it
+    assert full_ranking_ndcg(tuned, split.train, split.valid) > 0.2  # chance is about 0.1
+    refit = ncf.fit(split.train_valid, chosen, np.random.default_rng(0))
+    again = ncf.fit(split.train_valid, chosen, np.random.default_rng(0))
+    assert refit.resolved_params is None  # nothing chosen without validation
+    np.testing.assert_array_equal(refit.score_many(np.arange(5)), again.score_many(np.arange(5)))
+    scores = refit.score_many(np.arange(20))
+    same_taste = np.array([[(u + i) % 2 == 0 for i in range(60)] for u in range(20)])
+    assert scores[same_taste].mean() > scores[~same_taste].mean() + 0.5
+
+
+def test_fused_output_is_the_alpha_mix_of_the_two_heads() -> None:
+    """Serving sees one NeuMF output layer: alpha * GMF head + (1 - alpha) * MLP head."""
+    import torch
+
+    data = _two_tastes(n_users=20, n_items=10, per_user=3)
+    params = ncf.NCFParams(**FAST).resolve(len(data))
+    model = ncf._build(torch, data.n_users, data.n_items, params)
+    users = torch.arange(20).repeat_interleave(10)
+    items = torch.arange(10).repeat(20)
+    gmf, mlp = (t.detach().numpy().reshape(20, 10) for t in model(users, items))
+    for alpha in (0.0, 0.3, 1.0):
+        scorer = ncf.NCFScorer(ncf._export(model, alpha))
+        expected = alpha * gmf + (1 - alpha) * mlp
+        np.testing.assert_allclose(scorer.score_many(np.arange(20)), expected, atol=1e-5)
+
+
+def test_a_rows_weight_scales_its_pull() -> None:
+    """Watch rows carry a weight < 1: the same pairs at weight 1 must end up scored higher than
+    at weight 0.1 (known effect), all else (data, seed, negatives) equal."""
+    base = _two_tastes(n_users=40, n_items=20, per_user=6)
+    # each user also "watched" one item of the other taste, at the end of their history
+    extra = Interactions.build(np.arange(40), (np.arange(40) + 1) % 20, np.full(40, 10_000), 40, 20)
+    joined = base.concat(extra)
+    watched = joined.timestamp == 10_000
+    params = ncf.NCFParams(**{**FAST, "pretrain_epochs": 20, "finetune_epochs": 0})
+    params = params.model_copy(update={"alpha": 0.5, "recency_tau": None})
+    for seed in range(3):  # the effect on every seed, not one lucky run
+        means = {}
+        for w in (0.1, 1.0):
+            weight = np.where(watched, w, 1.0).astype(np.float32)
+            data = Interactions(
+                joined.user_idx, joined.item_idx, joined.timestamp, 40, 20, None, weight
+            )
+            scorer = ncf.fit(data, params, np.random.default_rng(seed))
+            means[w] = scorer.score_many(np.arange(40))[
+                np.arange(40), (np.arange(40) + 1) % 20
+            ].mean()
+        assert means[1.0] > means[0.1] + 0.1, (seed, means)
+
+
+def test_tuning_scores_a_seeded_sample_of_validation_users_at_scale() -> None:
+    from trainer.pipeline import tuning_sample
+
+    split = leave_last_out(_two_tastes(n_users=300))
+    assert tuning_sample(split.valid, 0) is split.valid  # small data: every user
+    a, b = tuning_sample(split.valid, 0, most=100), tuning_sample(split.valid, 0, most=100)
+    assert len(a) == 100 and np.array_equal(a.user_idx, b.user_idx)
+    assert len(np.unique(a.user_idx)) == 100 and set(a.user_idx) <= set(split.valid.user_idx)
