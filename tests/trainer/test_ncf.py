@@ -114,3 +114,24 @@ def test_tuning_scores_a_seeded_sample_of_validation_users_at_scale() -> None:
     a, b = tuning_sample(split.valid, 0, most=100), tuning_sample(split.valid, 0, most=100)
     assert len(a) == 100 and np.array_equal(a.user_idx, b.user_idx)
     assert len(np.unique(a.user_idx)) == 100 and set(a.user_idx) <= set(split.valid.user_idx)
+
+
+def test_negatives_are_unseen_and_the_draws_match_checking_every_draw() -> None:
+    """The sampler re-checks only new draws; the result must equal re-checking all of them."""
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 30
+    users = rng.integers(0, n_users, 600)
+    items = rng.integers(0, n_items, 600)
+    keys = np.unique(users.astype(np.int64) * n_items + items)  # a dense matrix: many clashes
+    got = ncf._sample_negatives(np.random.default_rng(7), users, n_items, keys, 4)[1]
+
+    reference_rng = np.random.default_rng(7)
+    neg_users = np.repeat(users, 4)
+    want = reference_rng.integers(0, n_items, size=neg_users.size)
+    for _ in range(20):
+        clash = np.isin(neg_users.astype(np.int64) * n_items + want, keys)
+        if not clash.any():
+            break
+        want[clash] = reference_rng.integers(0, n_items, size=int(clash.sum()))
+    np.testing.assert_array_equal(got, want)
+    assert not np.isin(neg_users.astype(np.int64) * n_items + got, keys).any()
