@@ -53,9 +53,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     _error_handlers(app)
     # The routers' routes go straight onto the app's router: FastAPI 0.165 keeps an included
-    # router as one more level that every request walks (matching, scope bookkeeping), which
-    # cost a quarter of /healthz's time under load (py-spy) and 20-35 % of throughput in an
-    # interleaved A/B against the single-router app (benchmarks/results/serving_ab.json).
+    # router as one more level that every request walks (matching, scope bookkeeping); py-spy
+    # put it at about 3 % of a /healthz request under load (docs/benchmarks.md).
     for router in (public, admin, operator, catalogue, predict, ui):
         app.router.routes.extend(router.router.routes)
     return app
