@@ -3,7 +3,8 @@
 For each evaluated user the held-out item's rank is the number of candidate items scored above it
 plus the number scored equal to it (ties count against the model). HR@k = rank < k and
 NDCG@k = 1/log2(rank + 2) when rank < k. Candidates are all items the user has not interacted
-with in the data the model was fit on. Catalogue coverage@k uses the same `top_n` as serving.
+with in the data the model was fit on. Catalogue coverage@k uses the same top-n as serving
+(`top_n_rows`, equal to `top_n` row by row).
 The NCF paper's sampled protocol (held-out item among 99 seeded random unseen items) is reported
 separately and never mixed into the headline numbers. The same top-10 lists give the popularity
 bias figures and the per-group quality (trainer/fairness.py, docs/evaluation.md).
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainer import fairness
-from trainer.models.base import Scorer, top_n
+from trainer.models.base import Scorer, top_n, top_n_rows
 from trainer.models.data import Interactions
 from trainer.models.ranking import K, ndcg_gains, pessimistic_rank
 
@@ -97,10 +98,9 @@ def evaluate(
             sampled_ranks[batch] = K
             continue
         sampled_ranks[batch] = _sampled_ranks(scores, mask, targets[batch], rng)
-        for row, user in enumerate(users[batch]):
-            items, _ = top_n(scores[row], K, exclude=seen_csr[user].indices)
-            recommended[items] = True
-            top_lists.append(items)
+        items, _, counts = top_n_rows(scores, K, exclude=mask)
+        recommended[items[items >= 0]] = True
+        top_lists.extend(row[:count] for row, count in zip(items, counts, strict=True))
     metrics = Metrics(
         hr=float(np.mean(ranks < K)) if users.size else 0.0,
         ndcg=_ndcg(ranks),

@@ -3,7 +3,7 @@
 Both releases are scored on the SAME held-out interactions (the newest interaction of each user
 in the candidate's window), each through its own vocabulary, scorers, seen-item history and
 popularity fallback, with the scoring primitives offline evaluation uses (`scores_with_fallback`,
-`pessimistic_rank`, `top_n`): a user a release does not know gets that release's popularity
+`pessimistic_rank`, `top_n_rows`): a user a release does not know gets that release's popularity
 ranking, an item it does not know it cannot recommend (a miss), as in serving. A held-out pair
 that production already has in its history (windows overlap) is dropped for both: production
 would never show it, and keeping it would compare the two releases on different questions.
@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model_registry.registry import Registry
 from trainer.errors import TrainerError
 from trainer.evaluate import scores_with_fallback
-from trainer.models import Scorer, top_n
+from trainer.models import Scorer, top_n_rows
 from trainer.models.data import Interactions, Vocab
 from trainer.models.ranking import K, ndcg_gains, pessimistic_rank
 from trainer.models.release_format import InvalidRelease, ReleaseData, read_release
@@ -170,7 +170,7 @@ def score_kind(
 ) -> KindScores:
     """Full-ranking NDCG@10 / hit@10 per held-out pair, through the release's own serving path.
 
-    Coverage@10 counts the items in the top 10 (`top_n`, as served) of the first
+    Coverage@10 counts the items in the top 10 (`top_n_rows`, as served) of the first
     `coverage_users` held-out users (all by default): the same users for both releases."""
     coverage_users = len(held) if coverage_users is None else coverage_users
     scorer = view.scorers[kind]
@@ -192,9 +192,10 @@ def score_kind(
         target = np.where(t >= 0, t, 0)
         r = pessimistic_rank(scores, mask.copy(), target)
         ranks[batch] = np.where(t >= 0, r, view.vocab.n_items)  # an unknown item: a miss
-        for row in range(min(scores.shape[0], max(0, coverage_users - start))):
-            best, _ = top_n(scores[row], K, exclude=np.flatnonzero(mask[row]))
-            recommended[best] = True
+        rows = min(scores.shape[0], max(0, coverage_users - start))
+        if rows:
+            best, _, _ = top_n_rows(scores[:rows], K, exclude=mask[:rows])
+            recommended[best[best >= 0]] = True
     return KindScores(ndcg_gains(ranks), (ranks < K).astype(np.float64), recommended, non_finite)
 
 

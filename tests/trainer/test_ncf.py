@@ -18,17 +18,24 @@ from trainer.models.ranking import full_ranking_ndcg
     [
         (99_000, 32, 256, 0.001),  # ML-100K's training split: the settings tuned there
         (1_000_000, 64, 2048, 0.002828),
-        (10_000_000, 64, 4096, 0.004),  # epochs hold at most 2M positives: batch from that
+        (10_000_000, 32, 4096, 0.004),  # past 1M: cost-bound; epochs hold at most 2M positives
         (5_000, 16, 256, 0.001),
     ],
 )
 def test_sizes_follow_the_data(n: int, dim: int, batch: int, lr: float) -> None:
     p = ncf.NCFParams().resolve(n)
     assert (p.dim, p.batch_size, p.lr) == (dim, batch, lr)
-    assert p.negatives == (6 if n <= 1_000_000 else 4)
-    assert p.hidden == (min(2 * dim, 64), min(dim, 32), min(dim // 2, 16))
+    large = n > 1_000_000
+    assert p.negatives == (4 if large else 6)
+    if large:  # the cheap tower and capped epochs that keep a 10M release in its time
+        assert p.hidden == (32, 16, 8)
+        assert (p.pretrain_epochs, p.finetune_epochs, p.patience) == (12, 3, 3)
+    else:
+        assert p.hidden == (min(2 * dim, 64), min(dim, 32), min(dim // 2, 16))
+        assert (p.pretrain_epochs, p.finetune_epochs, p.patience) == (40, 10, 6)
     pinned = ncf.NCFParams(dim=8, hidden=(8,), batch_size=64, lr=0.01).resolve(n)
     assert (pinned.dim, pinned.hidden, pinned.batch_size, pinned.lr) == (8, (8,), 64, 0.01)
+    assert pinned.resolve(n) == pinned  # resolving twice (the refit) changes nothing
 
 
 def _two_tastes(

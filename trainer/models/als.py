@@ -76,6 +76,9 @@ class ALSScorer(Scorer):
         )
 
 
+THREADS = 0  # implicit's solver threads; 0: one per core
+
+
 def confidence(data: Interactions, params: ALSParams):  # -> scipy csr
     """The user x item confidence matrix ALS is fit on."""
     values = np.ones(len(data), dtype=np.float32)
@@ -109,7 +112,9 @@ def fit(
             regularization=params.regularization,
             iterations=params.iterations,
             random_state=int(rng.integers(2**31 - 1)),
-            num_threads=1,  # one thread: identical factors for identical seeds
+            # every core: each user's (item's) solve is independent and writes its own row, so
+            # the factors are identical for any thread count (tests/trainer/test_als_threads.py)
+            num_threads=THREADS,
         )
         conf = confidence(data, params)
         model.fit(conf, show_progress=False)

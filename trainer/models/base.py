@@ -122,6 +122,44 @@ def top_n(
     return best.astype(np.int64), s[best]
 
 
+def top_n_rows(
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`top_n` for every row of a (users x items) score block at once, the same picks in the
+    same order (a test compares them row by row). `exclude` is a boolean mask of that shape.
+
+    Returns (items, scores, counts): row r's top list is items[r, :counts[r]]; the rest of the
+    row is -1 / -inf. Evaluation and the gate rank tens of thousands of users: one call per
+    256-user block instead of one `top_n` per user (about 120 us each at 12k items).
+    """
+    s = np.array(scores, dtype=np.float32, copy=True)
+    s[np.isnan(s)] = -np.inf
+    if exclude is not None:
+        s[exclude] = -np.inf
+    n_rows, n_items = s.shape
+    k = min(k, n_items)
+    items = np.full((n_rows, max(k, 0)), -1, dtype=np.int64)
+    values = np.full((n_rows, max(k, 0)), -np.inf, dtype=np.float32)
+    counts = np.zeros(n_rows, dtype=np.int64)
+    if k <= 0 or n_rows == 0:
+        return items, values, counts
+    idx = np.argpartition(-s, k - 1, axis=1)[:, :k]  # k largest; ties at the edge: any
+    picked = np.take_along_axis(s, idx, axis=1)
+    kth = picked.min(axis=1)
+    # rows whose k largest are unambiguous (no tie at the edge, k finite): sort them in place;
+    # the others (rare with real-valued scores) go through `top_n` one by one
+    clean = np.isfinite(kth) & ((s >= kth[:, None]).sum(axis=1) == k)
+    order = np.lexsort((idx, -picked), axis=1)  # best first, then lower index
+    items[clean] = np.take_along_axis(idx, order, axis=1)[clean]
+    values[clean] = np.take_along_axis(picked, order, axis=1)[clean]
+    counts[clean] = k
+    for row in np.flatnonzero(~clean):
+        best, best_values = top_n(s[row], k)
+        items[row, : best.size], values[row, : best.size] = best, best_values
+        counts[row] = best.size
+    return items, values, counts
+
+
 def recency_weights(data: Interactions, tau: float | None) -> np.ndarray:
     """exp(-steps_from_end / tau) per interaction: latest items count most; all 1 if tau is None."""
     if tau is None:

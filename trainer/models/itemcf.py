@@ -7,6 +7,8 @@ scaled by the row's weight (a watch counts less than a rating); the cosine is we
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -98,20 +100,32 @@ def item_similarity(binary: sp.csr_matrix, neighbours: int, shrink: float) -> sp
     )
 
 
+# The last similarity computed, and for what: tuning fits candidates that differ only in
+# `recency_tau` (which weighs the history, not the similarity) one after another on the same
+# data, so they share it. At 10M interactions this saves 6 of the grid's 8 similarity passes.
+_last: tuple[weakref.ref, int, float, sp.csr_matrix] | None = None
+
+
+def _similarity(data: Interactions, params: ItemCFParams) -> sp.csr_matrix:
+    global _last
+    key = (params.neighbours, params.shrink)
+    if _last is not None and _last[0]() is data and _last[1:3] == key:
+        return _last[3]
+    # weighted rows (watches) make a weighted co-occurrence
+    values = None if data.weight is None else data.weights()
+    similarity = item_similarity(data.matrix(values=values), params.neighbours, params.shrink)
+    _last = (weakref.ref(data), params.neighbours, params.shrink, similarity)
+    return similarity
+
+
 def fit(
     data: Interactions,
     params: ItemCFParams,
     rng: np.random.Generator,
     valid: Interactions | None = None,
 ) -> ItemCFScorer:
-    if data.weight is None:
-        similarity = item_similarity(data.matrix(), params.neighbours, params.shrink)
-        history = data.matrix(values=recency_weights(data, params.recency_tau))
-    else:  # weighted rows (watches): weighted co-occurrence, and a weighted history
-        weights = data.weights()
-        similarity = item_similarity(data.matrix(values=weights), params.neighbours, params.shrink)
-        history = data.matrix(values=recency_weights(data, params.recency_tau) * weights)
-    return ItemCFScorer(similarity, history)
+    history = recency_weights(data, params.recency_tau) * data.weights()
+    return ItemCFScorer(_similarity(data, params), data.matrix(values=history))
 
 
 SPEC = ModelSpec(

@@ -29,7 +29,10 @@ from trainer.models.ranking import full_ranking_ndcg
 
 log = logging.getLogger(__name__)
 
-_SCORE_CHUNK = 64  # users per numpy forward chunk: bounds memory at chunk x n_items x hidden
+# Floats in one scoring chunk's first-layer activations (users x n_items x width): small enough
+# to stay in cache. scripts/bench_ncf.py: ML-100K 0.53 ms per user (0.66 with chunks 16x this
+# size); at 12k items it is one user per chunk, and chunking there moves little (1.8-2.0 ms).
+_CHUNK_FLOATS = 1 << 19
 
 
 class NCFParams(Params):
@@ -56,32 +59,46 @@ class NCFParams(Params):
     def resolve(self, n_interactions: int) -> NCFParams:
         """Sizes from the data: wider embeddings, bigger batches, fewer negatives as it grows.
 
-        dim = sqrt(n)/10 rounded to a power of two in [16, 64] (ML-100K: 32, 1M and up: 64); the
-        batch keeps about 400 steps per epoch (ML-100K: 256, 1M: 2048, 10M with its 2M-positive
-        epochs: 4096) with the learning rate scaled by sqrt(batch / 256), so larger data costs
-        fewer, larger steps. Negatives: 6 per
-        positive on small data, where each positive is scarce (ML-100K, three seeds: mean test
-        NDCG@10 0.0512 with 6, 0.0506 with 8 at 1.1x the time of 6; docs/evaluation.md), 4 past
-        1M interactions, where epochs bound the release's time and the NeuMF paper found 3 to 6
-        enough (ML-1M).
+        Up to 1M interactions, where the data is the constraint: dim = sqrt(n)/10 rounded to a
+        power of two in [16, 64] (ML-100K: 32, 1M: 64), the tower (2*dim, dim, dim/2) at most
+        (64, 32, 16), 6 negatives per positive (ML-100K, three seeds: mean test NDCG@10 0.0512
+        with 6, 0.0506 with 8 at 1.1x the time; docs/evaluation.md). The batch keeps about 400
+        steps per epoch (ML-100K: 256, 1M: 2048) with the learning rate scaled by
+        sqrt(batch / 256), so larger data costs fewer, larger steps.
+
+        Past 1M interactions the release's time is the constraint (docs/retrain.md, "Training
+        at scale"): dim 32 and the tower (32, 16, 8), a 10M step of 25 ms with the fused Adam
+        (scripts/bench_ncf.py; an epoch took 49-52 s at dim 64, now 20-24 s); 4 negatives (the NeuMF
+        paper found 3 to 6 enough on ML-1M); epochs of at most `epoch_positives` (batch 4096 at
+        10M), at most `_SCALE_EPOCHS` pre-training and `_SCALE_FINETUNE` fine-tuning epochs,
+        patience `_SCALE_PATIENCE`. Sizes set explicitly are kept; epochs are capped.
         """
-        dim = self.dim or int(np.clip(_pow2(np.sqrt(n_interactions) / 10), 16, 64))
-        # the tower's width stops at ML-100K's (64, 32, 16): scoring cost grows with it, and at
-        # 10M interactions (128, 64, 32) made an epoch 100 s and one validation 65 s on 2 cores
-        hidden = self.hidden or (min(2 * dim, 64), min(dim, 32), max(min(dim // 2, 16), 4))
+        large = n_interactions > _MANY
+        dim = self.dim or (
+            32 if large else int(np.clip(_pow2(np.sqrt(n_interactions) / 10), 16, 64))
+        )
+        if self.hidden:
+            hidden = self.hidden
+        elif large:
+            hidden = (dim, max(dim // 2, 4), max(dim // 4, 4))
+        else:
+            # the tower's width stops at ML-100K's (64, 32, 16): scoring cost grows with it
+            hidden = (min(2 * dim, 64), min(dim, 32), max(min(dim // 2, 16), 4))
         per_epoch = min(n_interactions, self.epoch_positives)
         batch = self.batch_size or int(np.clip(_pow2(per_epoch / 400), 256, 16_384))
         lr = self.lr or round(0.001 * float(np.sqrt(batch / 256)), 6)
-        negatives = self.negatives or (6 if n_interactions <= _MANY else 4)
-        return self.model_copy(
-            update={
-                "dim": dim,
-                "hidden": tuple(hidden),
-                "batch_size": batch,
-                "lr": lr,
-                "negatives": negatives,
-            }
-        )
+        update: dict[str, Any] = {
+            "dim": dim,
+            "hidden": tuple(hidden),
+            "batch_size": batch,
+            "lr": lr,
+            "negatives": self.negatives or (4 if large else 6),
+        }
+        if large:
+            update["pretrain_epochs"] = min(self.pretrain_epochs, _SCALE_EPOCHS)
+            update["finetune_epochs"] = min(self.finetune_epochs, _SCALE_FINETUNE)
+            update["patience"] = min(self.patience, _SCALE_PATIENCE)
+        return self.model_copy(update=update)
 
 
 def _pow2(x: float) -> int:
@@ -89,6 +106,12 @@ def _pow2(x: float) -> int:
 
 
 _MANY = 1_000_000  # interactions from which an epoch's cost, not data, is the constraint
+# Past _MANY: epochs at most (10M: 12 pre-training epochs are 24M positives, about 2.4 passes;
+# the validation curve there still rises slowly after epoch 8: 0.085 -> 0.088 by epoch 10)
+_SCALE_EPOCHS = 12
+_SMALL_BATCH = 1024  # up to here: one torch thread and torch's default Adam (see `fit`, `_phase`)
+_SCALE_FINETUNE = 3
+_SCALE_PATIENCE = 3
 _ALPHAS = (0.25, 0.5, 0.75)  # fusion weights tried on validation after pre-training
 
 
@@ -116,8 +139,9 @@ class NCFScorer(Scorer):
 
     def _score_known(self, user_idxs: np.ndarray) -> np.ndarray:
         out = np.empty((user_idxs.size, self.n_items), dtype=np.float32)
-        for start in range(0, user_idxs.size, _SCORE_CHUNK):
-            users = user_idxs[start : start + _SCORE_CHUNK]
+        chunk = max(1, _CHUNK_FLOATS // self._item_h1.size)
+        for start in range(0, user_idxs.size, chunk):
+            users = user_idxs[start : start + chunk]
             gmf = self.weights["gmf_user"][users] @ self._gmf_item_scaled.T  # (B, n_items)
             h = (
                 self._item_h1[None, :, :]
@@ -197,7 +221,7 @@ def fit(
     # 2-core box thrashed (90 s an epoch instead of a few), and the reduction order (so the
     # result) then does not depend on the machine. Batches of thousands (large data) do gain.
     threads = torch.get_num_threads()
-    if params.batch_size <= 1024:
+    if params.batch_size <= _SMALL_BATCH:
         torch.set_num_threads(1)
     try:
         return _Trainer(torch, data, params, rng, valid).run()
@@ -230,6 +254,13 @@ class _Trainer:
         keys = data.user_idx.astype(np.int64) * data.n_items + data.item_idx
         self.positive_keys = np.unique(keys)
         self.valid = _sample_rows(valid, params.valid_users, rng) if valid is not None else None
+        # what validation excludes from ranking: only its users' rows, so the seen matrix built
+        # for every validation costs 2000 users' history, not all 10M rows (about 1 s an epoch)
+        self.valid_seen = (
+            data.select(np.isin(data.user_idx, np.unique(self.valid.user_idx)))
+            if self.valid is not None
+            else None
+        )
 
     def run(self) -> NCFScorer:
         p = self.params
@@ -247,7 +278,7 @@ class _Trainer:
         return scorer
 
     def _validate(self, alpha: float) -> float:
-        return full_ranking_ndcg(NCFScorer(_export(self.model, alpha)), self.data, self.valid)
+        return full_ranking_ndcg(NCFScorer(_export(self.model, alpha)), self.valid_seen, self.valid)
 
     def _phase(self, name: str, epochs: int, lr: float, alpha: float, fused: bool) -> int:
         """Train up to `epochs`; with validation keep the best state. Returns the epochs kept.
@@ -256,7 +287,9 @@ class _Trainer:
         epoch's NDCG on ~1k users moves by about its standard error from epoch to epoch, and
         picking a lone spike made seeds stop anywhere between epoch 15 and 31 (test NDCG 0.034
         to 0.057 for one setting). Fine-tuning starts from epoch 0, the fused pre-trained model,
-        and is kept only if it beats it.
+        and is kept only if it beats it. (Keeping the mean weights of the chosen epoch and its
+        neighbours instead was tried: ML-100K seeds 0 and 1 fell from 0.0543 / 0.0498 to
+        0.0531 / 0.0485.)
         """
         import copy
         import time
@@ -264,7 +297,17 @@ class _Trainer:
         if epochs <= 0:
             return 0
         torch, p = self.torch, self.params
-        optimiser = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=p.weight_decay)
+        # Large batches (large data): a fused Adam, one kernel for all parameters; at 10M
+        # interactions its update is 4.3 ms against 18.8 (scripts/bench_ncf.py). Small ones keep
+        # torch's default: a step there gains ~1 ms of ~7, no measurable refit time in a sweep,
+        # and the different rounding moved ML-100K's seed 0 from 0.0543 to 0.0484 (seed noise,
+        # but the three-seed table and the quality bar were measured with the default).
+        optimiser = torch.optim.Adam(
+            self.model.parameters(),
+            lr=lr,
+            weight_decay=p.weight_decay,
+            fused=p.batch_size > _SMALL_BATCH or None,
+        )
         patience = p.finetune_patience if fused else p.patience
         scores: dict[int, float] = {}
         if fused and self.valid is not None:
