@@ -17,7 +17,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.bench_train import machine
 from trainer.models import ncf
 
 STEPS, WARMUP = 30, 5
@@ -124,11 +124,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         results.append(row)
     payload = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "torch": torch.__version__,
         "results": results,

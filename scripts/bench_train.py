@@ -237,15 +237,19 @@ def main() -> int:
     return 0
 
 
+def machine() -> dict:
+    """Where a benchmark ran; a shared machine's load inflates wall times: said, not hidden."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def _write(out: Path, results: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            # a shared machine: other jobs' load inflates wall times; said, not hidden
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(),
         "command": " ".join(sys.argv),
         "note": (
             "popularity is always trained too (the fallback) and every release has a rating "
