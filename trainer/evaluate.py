@@ -22,7 +22,7 @@ import numpy as np
 from trainer import fairness
 from trainer.models.base import Scorer, top_n, top_n_rows
 from trainer.models.data import Interactions
-from trainer.models.ranking import K, ndcg_gains, pessimistic_rank
+from trainer.models.ranking import K, ndcg_gains, pessimistic_rank, scored_blocks
 
 SAMPLED_NEGATIVES = 99
 _BATCH = 256
@@ -89,9 +89,8 @@ def evaluate(
     sampled_ranks = np.empty(users.size, dtype=np.int64)
     recommended = np.zeros(scorer.n_items, dtype=bool)
     top_lists: list[np.ndarray] = []
-    for start in range(0, users.size, _BATCH):
-        batch = slice(start, start + _BATCH)
-        scores = scores_with_fallback(scorer, users[batch], fallback)
+    blocks = scored_blocks(lambda u: scores_with_fallback(scorer, u, fallback), users, _BATCH)
+    for batch, scores in blocks:
         mask = np.asarray(seen_csr[users[batch]].todense()) > 0
         ranks[batch] = pessimistic_rank(scores, mask.copy(), targets[batch])
         if not sampled:

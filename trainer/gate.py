@@ -34,7 +34,7 @@ from trainer.errors import TrainerError
 from trainer.evaluate import scores_with_fallback
 from trainer.models import Scorer, top_n_rows
 from trainer.models.data import Interactions, Vocab
-from trainer.models.ranking import K, ndcg_gains, pessimistic_rank
+from trainer.models.ranking import K, ndcg_gains, pessimistic_rank, scored_blocks
 from trainer.models.release_format import InvalidRelease, ReleaseData, read_release
 
 log = logging.getLogger("trainer.gate")
@@ -179,10 +179,10 @@ def score_kind(
     ranks = np.empty(len(held), dtype=np.int64)
     recommended = np.zeros(view.vocab.n_items, dtype=bool)
     non_finite = 0
-    for start in range(0, len(held), _BATCH):
-        batch = slice(start, start + _BATCH)
+    raw = lambda u: scores_with_fallback(scorer, u, None)  # noqa: E731 (checked before the fallback)
+    for batch, scores in scored_blocks(raw, users, _BATCH):
         u, t = users[batch], items[batch]
-        scores = scores_with_fallback(scorer, u, None)  # raw: checked before the fallback
+        start = batch.start
         known = u >= 0
         non_finite += int((~np.isfinite(scores[known])).any(axis=1).sum())
         scores[np.isnan(scores).all(axis=1)] = view.fallback  # evaluate's rule: popularity

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "MEASURE_TUNED_FROM",
     "FitSets",
     "Interactions",
     "Split",
@@ -25,8 +26,20 @@ __all__ = [
     "build_vocab",
     "fit_sets",
     "leave_last_out",
+    "measures_tuned_fit",
     "watch_interactions",
 ]
+
+# From this many interactions on, a kind's test numbers measure its tuned fit (trained on train,
+# early-stopped on validation) rather than a refit on train+validation: the refit repeated the
+# costliest fit of a release (NCF at 10M: 320 s of a 38 min release; docs/retrain.md, "Training
+# at scale"). The tuned fit misses one interaction per user, so its numbers err low, never high.
+MEASURE_TUNED_FROM = 1_000_000
+
+
+def measures_tuned_fit(data: Interactions) -> bool:
+    """Whether the test numbers of a release on `data` come from the tuned fits (large data)."""
+    return len(data) > MEASURE_TUNED_FROM
 
 
 def build_vocab(ratings: pd.DataFrame, *more: pd.DataFrame) -> Vocab:

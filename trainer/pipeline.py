@@ -2,7 +2,9 @@
 
 For each kind: fit every candidate of its grid on train and score it on validation (early-stopping
 kinds stop on that validation set); refit the winner on train+validation and measure it on test
-(the numbers reported and stored); refit once more on all data and publish that model.
+(the numbers reported and stored); refit once more on all data and publish that model. Past
+`MEASURE_TUNED_FROM` interactions the middle refit is skipped and the winning tuned fit is measured
+(`holdout_fit` "train" in the report and manifest): its numbers err low by one interaction per user.
 
 Watch events (snapshots), when the data has them, join the training side of each fit with a
 weight chosen first on validation (`choose_watch_weight`, docs/retrain.md "Watch events"); the
@@ -33,6 +35,7 @@ from trainer.drift import data_block
 from trainer.errors import PublishRefused, TrainerError
 from trainer.evaluate import Metrics, bias_table, evaluate, latency_ms
 from trainer.interactions import (
+    MEASURE_TUNED_FROM,
     FitSets,
     Interactions,
     Split,
@@ -40,6 +43,7 @@ from trainer.interactions import (
     build_vocab,
     fit_sets,
     leave_last_out,
+    measures_tuned_fit,
     watch_interactions,
 )
 from trainer.models import MODELS, release_format
@@ -71,6 +75,9 @@ class KindResult:
     holdout_scorer: Any = field(default=None, repr=False, compare=False)
     # HR/NDCG per user group on the test split (trainer/fairness.py), per grouping
     fairness: dict[str, Any] = field(default_factory=dict)
+    # what the measured fit trained on: "train+valid" (a refit), or "train" (the tuned fit itself,
+    # on data past MEASURE_TUNED_FROM interactions)
+    holdout_fit: str = "train+valid"
 
     def row(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.metrics}
@@ -97,6 +104,7 @@ class Report:
                     "metrics": r.metrics,
                     "trials": r.trials,
                     "fairness": r.fairness,
+                    "holdout_fit": r.holdout_fit,
                 }
                 for r in self.results
             },
@@ -156,8 +164,10 @@ class Trained:
 
 PROTOCOL = (
     "leave-last-out by (timestamp, item_id); last=test, second-to-last=validation; "
-    "tuned on validation, refit on train+validation, measured on test; full ranking of all "
-    "unseen items, top 10, ties pessimistic; sampled = test item + 99 seeded unseen items"
+    "tuned on validation, refit on train+validation, measured on test (past "
+    f"{MEASURE_TUNED_FROM:,} interactions the tuned fit itself: holdout_fit 'train'); "
+    "full ranking of all unseen items, top 10, ties pessimistic; "
+    "sampled = test item + 99 seeded unseen items"
 )
 
 
@@ -253,7 +263,12 @@ def train_release(
             "dataset": dataset.stats(),
             "protocol": PROTOCOL,
             "kinds": {
-                r.kind: {"params": r.params, "metrics": r.metrics, "fairness": r.fairness}
+                r.kind: {
+                    "params": r.params,
+                    "metrics": r.metrics,
+                    "fairness": r.fairness,
+                    "holdout_fit": r.holdout_fit,
+                }
                 for r in results
             },
             "rating": rating,
@@ -345,7 +360,9 @@ def _train_kind(
     valid = tuning_sample(split.valid, seed)
     fallback_train = _fallback(train)
     trials = []
-    best: tuple[float, Any] = (-1.0, None)
+    # (valid NDCG, resolved params, the fit, its seconds); the fit is kept only when measured
+    best: tuple[float, Any, Any, float] = (-1.0, None, None, 0.0)
+    keep_fit = measures_tuned_fit(sets.final)
     candidates = spec.candidates()
     # the kind's first line: progress readers (and bench_train's per-kind times) start here
     log.info("[%s] tuning %d candidate(s) on validation", kind, len(candidates))
@@ -353,6 +370,7 @@ def _train_kind(
     for i, params in enumerate(candidates, start=1):
         start = time.perf_counter()
         scorer = spec.fit(train, params, np.random.default_rng(seed), valid)
+        fit_seconds = time.perf_counter() - start
         resolved = scorer.resolved_params or params
         m = evaluate(scorer, train, valid, fallback_train, sampled=False)
         trials.append(
@@ -371,12 +389,21 @@ def _train_kind(
             json.dumps(resolved.model_dump(mode="json")),
         )
         if m.ndcg > best[0]:
-            best = (m.ndcg, resolved)
+            best = (m.ndcg, resolved, scorer if keep_fit else None, fit_seconds)
+        del scorer  # a losing fit's memory goes before the next candidate's fit
     chosen = best[1]
     train_valid = sets.holdout  # split.train_valid, plus watches before each test interaction
-    start = time.perf_counter()
-    scorer = spec.fit(train_valid, chosen, np.random.default_rng(seed), None)
-    train_seconds = time.perf_counter() - start
+    if keep_fit:  # large data: the tuned fit is measured (MEASURE_TUNED_FROM)
+        scorer, train_seconds, holdout_fit = best[2], best[3], "train"
+        log.info(
+            "[%s] measuring the tuned fit on test (no refit past %d interactions)",
+            kind,
+            MEASURE_TUNED_FROM,
+        )
+    else:
+        start = time.perf_counter()
+        scorer = spec.fit(train_valid, chosen, np.random.default_rng(seed), None)
+        train_seconds, holdout_fit = time.perf_counter() - start, "train+valid"
     fallback_tv = _fallback(train_valid)
     data = sets.final  # every rating and every watch
     test: Metrics = evaluate(scorer, train_valid, split.test, fallback_tv, seed=seed, groups=groups)
@@ -407,6 +434,7 @@ def _train_kind(
         "kind": kind,
         "params": chosen.model_dump(mode="json"),
         "metrics": metrics,
+        "holdout_fit": holdout_fit,
         "libraries": _versions(kind),
         "trials": trials,
         "n_users": final.n_users,
@@ -414,7 +442,13 @@ def _train_kind(
     }
     release_format.write_kind_meta(out, final, meta)
     return KindResult(
-        kind, chosen.model_dump(mode="json"), metrics, trials, scorer, fairness=test.groups or {}
+        kind,
+        chosen.model_dump(mode="json"),
+        metrics,
+        trials,
+        scorer,
+        fairness=test.groups or {},
+        holdout_fit=holdout_fit,
     )
 
 

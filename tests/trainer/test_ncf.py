@@ -130,7 +130,9 @@ def test_negatives_are_unseen_and_the_draws_match_checking_every_draw() -> None:
     users = rng.integers(0, n_users, 600)
     items = rng.integers(0, n_items, 600)
     keys = np.unique(users.astype(np.int64) * n_items + items)  # a dense matrix: many clashes
-    got = ncf._sample_negatives(np.random.default_rng(7), users, n_items, keys, 4)[1]
+    positives = ncf._Positives(keys, n_users * n_items)
+    assert positives.bits is not None  # small: the bitmap
+    got = ncf._sample_negatives(np.random.default_rng(7), users, n_items, positives, 4)[1]
 
     reference_rng = np.random.default_rng(7)
     neg_users = np.repeat(users, 4)
@@ -142,3 +144,23 @@ def test_negatives_are_unseen_and_the_draws_match_checking_every_draw() -> None:
         want[clash] = reference_rng.integers(0, n_items, size=int(clash.sum()))
     np.testing.assert_array_equal(got, want)
     assert not np.isin(neg_users.astype(np.int64) * n_items + got, keys).any()
+
+
+def test_positives_bitmap_and_binary_search_give_the_same_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(3)
+    n_users, n_items = 97, 61  # n_users * n_items not a multiple of 8: the last byte is partial
+    keys = rng.integers(0, n_users * n_items, 2_000)  # duplicates too: the fit's rows may repeat
+    queries = np.concatenate([keys, rng.integers(0, n_users * n_items, 5_000), [0, 5916]])
+    bitmap = ncf._Positives(keys, n_users * n_items)
+    monkeypatch.setattr(ncf, "_BITMAP_BYTES", 0)
+    search = ncf._Positives(keys, n_users * n_items)
+    assert bitmap.bits is not None and search.bits is None
+    want = np.isin(queries, keys)
+    np.testing.assert_array_equal(bitmap.contains(queries), want)
+    np.testing.assert_array_equal(search.contains(queries), want)
+    users = rng.integers(0, n_users, 300)
+    a = ncf._sample_negatives(np.random.default_rng(1), users, n_items, bitmap, 4)
+    b = ncf._sample_negatives(np.random.default_rng(1), users, n_items, search, 4)
+    np.testing.assert_array_equal(a[1], b[1])

@@ -103,3 +103,25 @@ def test_train_rating_picks_on_validation_and_reports_both_models(tmp_path: Path
     assert meta["kind"] == "rating" and len(meta["trials"]) >= 2
     unrated = Interactions.build(np.array([0]), np.array([0]), np.array([0]), 1, 1)
     assert train_rating(unrated, leave_last_out(unrated), 0, tmp_path / "none") is None
+
+
+def test_ridge_equals_a_direct_weighted_solve_per_group() -> None:
+    """`_Groups.ridge` builds each Gram matrix from its upper triangle: known answer, one
+    weighted ridge regression solved directly per group."""
+    from trainer.models.rating import _Groups
+
+    rng = np.random.default_rng(5)
+    n_groups, n_others, rows, d = 7, 9, 40, 4
+    pairs = rng.choice(n_groups * n_others, rows, replace=False)
+    ids, others = pairs // n_others, pairs % n_others
+    weight, target = rng.uniform(0.5, 2.0, rows), rng.normal(size=rows)
+    other_side = rng.normal(size=(n_others, d))
+    params = RatingParams(reg=0.3, bias_reg=2.0)
+    got = _Groups(ids, others, n_groups, n_others, weight).ridge(other_side, target, params)
+    design = np.column_stack([np.ones(n_others), other_side[:, 1:]])
+    for g in range(n_groups):
+        at = ids == g
+        x, w, y = design[others[at]], weight[at], target[at]
+        penalty = np.diag([params.bias_reg] + [params.reg * max(w.sum(), 1.0)] * (d - 1))
+        want = np.linalg.solve(x.T @ (w[:, None] * x) + penalty, x.T @ (w * y))
+        np.testing.assert_allclose(got[g], want, rtol=1e-10, atol=1e-12)

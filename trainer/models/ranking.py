@@ -5,6 +5,11 @@ nothing from `trainer.evaluate` (DESIGN §1).
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from trainer.models.base import Scorer
@@ -31,14 +36,46 @@ def ndcg_gains(ranks: np.ndarray, k: int = K) -> np.ndarray:
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
+def scored_blocks(
+    score: Callable[[np.ndarray], np.ndarray], users: np.ndarray, batch: int = _BATCH
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """`(block, score(users[block]))` for consecutive blocks of `batch` users, in order.
+
+    Blocks are scored on a thread per core (at most 4), at most that many ahead of the caller:
+    scoring is numpy, which releases the GIL, so on 2 cores NCF's full ranking of 12k items
+    took 1.6 ms a user instead of 2.5 (71k test users at 10M interactions: about 60 s less).
+    Scores do not depend on the threads: each block is the same call either way. `score` must
+    be safe to call from several threads (every Scorer only reads its arrays).
+    """
+    starts = range(0, users.size, batch)
+    workers = min(os.cpu_count() or 1, _MAX_THREADS, len(starts))
+    if workers <= 1:
+        for start in starts:
+            block = slice(start, start + batch)
+            yield block, score(users[block])
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="score") as pool:
+        pending: deque = deque()
+        for start in starts:
+            block = slice(start, start + batch)
+            pending.append((block, pool.submit(score, users[block])))
+            if len(pending) > workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+_MAX_THREADS = 4  # past this, memory for blocks in flight (4 x 256 x n_items floats) buys little
+
+
 def full_ranks(scorer: Scorer, seen: Interactions, held_out: Interactions) -> np.ndarray:
     """Pessimistic rank of each held-out item among all items its user has not seen."""
     seen_csr = seen.matrix().tocsr()
     users, targets = held_out.user_idx.astype(np.int64), held_out.item_idx.astype(np.int64)
     ranks = np.empty(users.size, dtype=np.int64)
-    for start in range(0, users.size, _BATCH):
-        batch = slice(start, start + _BATCH)
-        scores = scorer.score_many(users[batch])
+    for batch, scores in scored_blocks(scorer.score_many, users):
         mask = np.asarray(seen_csr[users[batch]].todense()) > 0
         ranks[batch] = pessimistic_rank(scores, mask, targets[batch])
     return ranks
