@@ -7,8 +7,8 @@ writes it, and how a reader gets it back validated (DESIGN §5).
     vocab/history_indptr.npy   integer[n_users + 1]: CSR row pointers of each user's seen items
     vocab/history_indices.npy  integer[nnz]: item_idx in [0, n_items)
     vocab/catalogue.json       {"<movie_id>": {"title": str, "genres": str}}
-    <kind>/meta.json           {"kind", "params", "metrics", "libraries", "trials",
-                                "n_users", "n_items", "files"}
+    <kind>/meta.json           {"kind", "params", "metrics", "holdout_fit", "libraries",
+                                "trials", "n_users", "n_items", "files"}
     <kind>/*.npy               the scorer's arrays (`Scorer.arrays` / `Scorer.from_arrays`)
 
 The registry checks every sha256 and knows nothing of this; a release whose hashes match can
