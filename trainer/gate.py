@@ -89,7 +89,9 @@ class ReleaseView:
     def build(
         cls, name: str, vocab: Vocab, scorers: dict[str, Scorer], seen: Interactions
     ) -> ReleaseView:
-        """A candidate in memory: scorers fit on `seen` (train+validation), before publishing."""
+        """A candidate in memory, before publishing: the scorers test measured; `seen` is
+        train+validation, what they must not rank again (past 1M interactions they were fit on
+        train alone, `MEASURE_TUNED_FROM`)."""
         pop = scorers["popularity"]
         return cls(name, vocab, scorers, seen.matrix().tocsr(), pop.global_scores())  # type: ignore[attr-defined]
 

@@ -4,7 +4,7 @@ For each kind: fit every candidate of its grid on train and score it on validati
 kinds stop on that validation set); refit the winner on train+validation and measure it on test
 (the numbers reported and stored); refit once more on all data and publish that model. Past
 `MEASURE_TUNED_FROM` interactions the middle refit is skipped and the winning tuned fit is measured
-(`holdout_fit` "train" in the report and manifest): its numbers err low by one interaction per user.
+(`holdout_fit` "train" in the report and manifest; one interaction fewer per user than a refit).
 
 Watch events (snapshots), when the data has them, join the training side of each fit with a
 weight chosen first on validation (`choose_watch_weight`, docs/retrain.md "Watch events"); the
@@ -71,7 +71,8 @@ class KindResult:
     params: dict[str, Any]
     metrics: dict[str, float | int]
     trials: list[dict[str, Any]] = field(default_factory=list)
-    # The fit on train+validation that the test metrics measure; the gate scores it too.
+    # The fit the test metrics measure (on train+validation, or past MEASURE_TUNED_FROM the
+    # tuned fit on train: `holdout_fit`); the gate scores it too.
     holdout_scorer: Any = field(default=None, repr=False, compare=False)
     # HR/NDCG per user group on the test split (trainer/fairness.py), per grouping
     fairness: dict[str, Any] = field(default_factory=dict)
@@ -247,12 +248,14 @@ def train_release(
     )
     if watches is not None:
         log.info("watches: %d pairs join training with weight %s", len(watches), weight)
+    tuned = measures_tuned_fit(sets.final)  # large data: test measures the tuned fits
     results = []
     with tempfile.TemporaryDirectory(prefix="marquee-release-") as tmp:
         staging = Path(tmp)
         for kind in kinds:
-            results.append(_train_kind(kind, sets, split, seed, staging / kind, groups))
-        rating = train_rating(data, split, seed, staging / "rating")  # ratings only
+            results.append(_train_kind(kind, sets, split, seed, staging / kind, groups, tuned))
+        # ratings only, but the same rule as the kinds (the size counts watches too)
+        rating = train_rating(data, split, seed, staging / "rating", measure_tuned=tuned)
         _stage_vocab(staging / "vocab", vocab, sets.final, dataset)
         snapshot = snapshot_id or dataset.snapshot_id()
         manifest = {
@@ -354,6 +357,7 @@ def _train_kind(
     seed: int,
     out: Path,
     groups: dict[str, np.ndarray] | None = None,
+    measure_tuned: bool = False,
 ) -> KindResult:
     spec = MODELS[kind]
     train = sets.tune  # split.train, plus watches before each user's validation interaction
@@ -362,7 +366,7 @@ def _train_kind(
     trials = []
     # (valid NDCG, resolved params, the fit, its seconds); the fit is kept only when measured
     best: tuple[float, Any, Any, float] = (-1.0, None, None, 0.0)
-    keep_fit = measures_tuned_fit(sets.final)
+    keep_fit = measure_tuned
     candidates = spec.candidates()
     # the kind's first line: progress readers (and bench_train's per-kind times) start here
     log.info("[%s] tuning %d candidate(s) on validation", kind, len(candidates))

@@ -27,13 +27,18 @@ from trainer.models.data import Interactions
 log = logging.getLogger("trainer")
 
 
-def train_rating(data: Interactions, split: Any, seed: int, out: Path) -> dict[str, Any] | None:
-    """Stage the rating part under `out`; return its manifest block (None: no ratings)."""
+def train_rating(
+    data: Interactions, split: Any, seed: int, out: Path, measure_tuned: bool | None = None
+) -> dict[str, Any] | None:
+    """Stage the rating part under `out`; return its manifest block (None: no ratings).
+
+    `measure_tuned`: test measures the tuned fits (None: decided from `data`'s size; a release
+    passes the decision it made for its ranking kinds)."""
     if data.rating is None or split.train.rating is None or len(split.test) == 0:
         log.info("[rating] no explicit ratings in this data: no rating part")
         return None
     trials = []
-    tuned = measures_tuned_fit(data)  # large data: measure the tuned fits, no refits
+    tuned = measures_tuned_fit(data) if measure_tuned is None else measure_tuned
     fits: dict[str, tuple[rating.RatingModel, float]] = {}  # params JSON -> (fit, seconds)
     for candidate in rating.GRID:
         params = rating.RatingParams(**candidate)
@@ -49,11 +54,19 @@ def train_rating(data: Interactions, split: Any, seed: int, out: Path) -> dict[s
             fits[params.model_dump_json()] = (model, seconds)
     chosen = _best(trials)
     baseline = rating.RatingParams(**rating.BASELINE)
-    model, train_seconds = fits.get(chosen.model_dump_json()) or _timed_fit(split, chosen, seed)
-    test = rating.errors(model, split.test)
-    base_model, _ = fits.get(baseline.model_dump_json()) or _timed_fit(split, baseline, seed)
-    base = rating.errors(base_model, split.test)
+    # The tuned fits when kept (the baseline is a GRID candidate), else refits on train+valid;
+    # the label says what was measured, both models alike.
+    kept = [fits.get(p.model_dump_json()) for p in (chosen, baseline)]
     del fits
+    if kept[0] is not None and kept[1] is not None:
+        (model, train_seconds), (base_model, _) = kept
+        holdout_fit = "train"
+    else:
+        model, train_seconds = _timed_fit(split, chosen, seed)
+        base_model, _ = _timed_fit(split, baseline, seed)
+        holdout_fit = "train+valid"
+    test = rating.errors(model, split.test)
+    base = rating.errors(base_model, split.test)
     log.info(
         "[rating] test RMSE %.4f MAE %.4f (biases only: %.4f / %.4f)",
         test["rmse"],
@@ -74,7 +87,6 @@ def train_rating(data: Interactions, split: Any, seed: int, out: Path) -> dict[s
         "baseline_mae": base["mae"],
         "train_seconds": round(train_seconds, 2),
     }
-    holdout_fit = "train" if tuned else "train+valid"
     meta = {
         "kind": rating.PART,
         "params": chosen.model_dump(mode="json"),

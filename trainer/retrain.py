@@ -4,7 +4,8 @@
 2. Drift: production's training window (its vocab part + the manifest's `data` block) against
    the events of this window that are newer than production's last one (what has arrived).
 3. Train every kind (trainer.pipeline); before publishing, the gate scores the candidate's
-   train+validation fits and production on the candidate's held-out interactions (trainer.gate).
+   fits that test measured (train+validation; past 1M interactions the tuned fits) and
+   production on the candidate's held-out interactions (trainer.gate).
 4. Publish with `drift`, `gate` and `window` in the manifest, whatever the verdict: a refused
    candidate is published with `gate.decision = "refuse"` so its numbers can be inspected (and
    served by `?model=vX.Y/kind` on purpose), but never promoted by this loop.

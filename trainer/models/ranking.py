@@ -48,13 +48,14 @@ def scored_blocks(
     be safe to call from several threads (every Scorer only reads its arrays).
     """
     starts = range(0, users.size, batch)
-    workers = min(os.cpu_count() or 1, _MAX_THREADS, len(starts))
+    workers = min(_cores(), _MAX_THREADS, len(starts))
     if workers <= 1:
         for start in starts:
             block = slice(start, start + batch)
             yield block, score(users[block])
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="score") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="score")
+    try:
         pending: deque = deque()
         for start in starts:
             block = slice(start, start + batch)
@@ -65,6 +66,16 @@ def scored_blocks(
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    finally:  # the caller stopped early or failed: blocks not started are not scored
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cores() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 _MAX_THREADS = 4  # past this, memory for blocks in flight (4 x 256 x n_items floats) buys little
