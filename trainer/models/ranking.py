@@ -41,9 +41,10 @@ def scored_blocks(
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """`(block, score(users[block]))` for consecutive blocks of `batch` users, in order.
 
-    Blocks are scored on a thread per core (at most 4), at most that many ahead of the caller:
-    scoring is numpy, which releases the GIL, so on 2 cores NCF's full ranking of 12k items
-    took 1.6 ms a user instead of 2.5 (71k test users at 10M interactions: about 60 s less).
+    Blocks are scored on a thread per CPU this process may use (at most 4), at most that many
+    ahead of the caller: scoring is numpy, which releases the GIL, so on 2 cores NCF's full
+    ranking of 12k items took 1.6 ms a user instead of 2.5 (its test scoring at 10M interactions,
+    71k users: about 175 s before, 100 s after).
     Scores do not depend on the threads: each block is the same call either way. `score` must
     be safe to call from several threads (every Scorer only reads its arrays).
     """
