@@ -13,8 +13,10 @@ Probe answers (`"probe": true`) and answers outside an arm are left out. Everyth
 time: an event that arrives late (a later snapshot) or out of order counts the same as one on
 time, and a re-run over the same snapshots writes the same report, byte for byte:
 
-    <store>/kpi/<experiment>/report-<snapshot id>.json   deterministic (no wall clock inside)
-    <store>/kpi/<experiment>/latest.json                 the same plus `generated_at`
+    <store>/kpi/<experiment>/report-<snapshot id>-<sha256 of the report, 16 hex>.json
+        deterministic (no wall clock inside); the arms' weights are an input, so a run after
+        a rollout step writes a new file and never replaces the one a decision read
+    <store>/kpi/<experiment>/latest.json    the newest report plus `generated_at`
 
 The comparison (candidate vs control: SRM, difference, confidence sequence, verdict) is
 `ingestor.stats`; the verdict is what the rollout controller reads.
@@ -43,12 +45,14 @@ from ingestor.stats import GateConfig, Srm, proportion_ci, srm, verdict
 from model_registry.errors import RegistryError, StorageError
 from model_registry.logs import configure_logging
 from model_registry.messages import one_line
+from model_registry.registry import sha256_bytes
 from model_registry.storage import BlobStore, open_store
 
 log = logging.getLogger("ingestor.kpi")
 
 DAY_MS = 24 * 3600 * 1000
 POSITIVE_RATING = 4.0
+REPORT_DIGEST_CHARS = 16  # of the report's sha256, in its key
 _COLUMNS = ("topic", "partition", "offset", "kind", "user_id", "movie_id", "rating", "ts")
 _SERVED = ("request_id", "items", "model", "version", "arm", "probe")
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")
@@ -281,13 +285,19 @@ def compare(kpis: dict[str, dict[str, Any]], config: KpiConfig) -> dict[str, Any
 
 
 # ---- output -------------------------------------------------------------------------------------
-def report_keys(experiment: str, snapshot: str) -> tuple[str, str]:
-    return f"kpi/{experiment}/report-{snapshot}.json", f"kpi/{experiment}/latest.json"
+def report_keys(experiment: str, snapshot: str, digest: str = "") -> tuple[str, str]:
+    return f"kpi/{experiment}/report-{snapshot}-{digest}.json", f"kpi/{experiment}/latest.json"
 
 
 def write_report(store: BlobStore, report: dict[str, Any], generated_at: float) -> str:
-    key, latest = report_keys(report["experiment"], report["snapshot_id"])
-    store.put(key, json.dumps(report, indent=1, sort_keys=True).encode())
+    """Write the report under a key named by its snapshot and its own content. The content
+    part matters: the arms' weights are an input too, so two runs over one snapshot before and
+    after a rollout step give different reports, and the one a decision read must stay."""
+    body = json.dumps(report, indent=1, sort_keys=True).encode()
+    key, latest = report_keys(
+        report["experiment"], report["snapshot_id"], sha256_bytes(body)[:REPORT_DIGEST_CHARS]
+    )
+    store.put(key, body)
     body = {**report, "generated_at": generated_at, "report_key": key}
     store.put(latest, json.dumps(body, indent=1, sort_keys=True).encode())
     return key

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,12 @@ def test_late_and_out_of_order_events_and_replays_give_the_same_report(tmp_path:
     assert run_once(b, config, lambda: 2.0, None)["report_key"] == first
     assert b.get(first) == body
     assert read_latest(b, "exp")["generated_at"] == 2.0
+    # New weights over the same snapshot (a rollout step): a new report beside, not over, it.
+    moved = run_once(
+        b, replace(config, weights={"control": 0.0, "candidate": 1.0}), lambda: 3.0, None
+    )
+    assert moved["report_key"] != first and moved["comparison"]["srm"] is None
+    assert b.get(first) == body and read_latest(b, "exp")["report_key"] == moved["report_key"]
 
 
 def test_old_snapshots_without_served_columns_are_read_from_payloads(store: BlobStore) -> None:
