@@ -47,9 +47,6 @@ CONFIGS = {
     "pretrain_neg6": {"negatives": 6},
     "pretrain_neg8_d16": {"negatives": 8, "dim": 16},
     "pretrain_neg8_b512": {"negatives": 8, "batch_size": 512, "lr": 0.0014},
-    "history10": {"history": 10},
-    "history20_tau5": {"history": 20, "history_tau": 5.0},
-    "history5": {"history": 5},
 }
 
 

@@ -73,16 +73,13 @@ def test_pretraining_records_its_choices_and_the_refit_repeats_them() -> None:
     assert scores[same_taste].mean() > scores[~same_taste].mean() + 0.5
 
 
-@pytest.mark.parametrize("history", [0, 2])
-def test_fused_output_is_the_alpha_mix_of_the_two_heads(history: int) -> None:
-    """Serving sees one NeuMF output layer: alpha * GMF head + (1 - alpha) * MLP head; with a
-    history tower, the history folded into the exported user vectors scores like the model."""
+def test_fused_output_is_the_alpha_mix_of_the_two_heads() -> None:
+    """Serving sees one NeuMF output layer: alpha * GMF head + (1 - alpha) * MLP head."""
     import torch
 
     data = _two_tastes(n_users=20, n_items=10, per_user=3)
-    params = ncf.NCFParams(**FAST, history=history).resolve(len(data))
-    hist = ncf._History(data, history, params.history_tau) if history else None
-    model = ncf._build(torch, data.n_users, data.n_items, params, hist)
+    params = ncf.NCFParams(**FAST).resolve(len(data))
+    model = ncf._build(torch, data.n_users, data.n_items, params)
     users = torch.arange(20).repeat_interleave(10)
     items = torch.arange(10).repeat(20)
     gmf, mlp = (t.detach().numpy().reshape(20, 10) for t in model(users, items))
@@ -90,36 +87,6 @@ def test_fused_output_is_the_alpha_mix_of_the_two_heads(history: int) -> None:
         scorer = ncf.NCFScorer(ncf._export(model, alpha))
         expected = alpha * gmf + (1 - alpha) * mlp
         np.testing.assert_allclose(scorer.score_many(np.arange(20)), expected, atol=1e-5)
-
-
-def test_history_holds_each_users_latest_items_with_weights_summing_to_one() -> None:
-    # user 0: items 5, 6, 7 in time order; user 1: item 9 alone; user 2: nothing
-    data = Interactions.build(
-        np.array([0, 0, 0, 1]), np.array([5, 6, 7, 9]), np.array([1, 2, 3, 1]), 3, 10
-    )
-    h = ncf._History(data, k=2, tau=1.0)
-    np.testing.assert_array_equal(h.items, [[7, 6], [9, 0], [0, 0]])
-    e = np.exp(-1.0)
-    np.testing.assert_allclose(h.weights, [[1 / (1 + e), e / (1 + e)], [1, 0], [0, 0]], rtol=1e-6)
-    # row 0 (item 5) is older than the latest two: it is in no history and subtracts nothing
-    np.testing.assert_allclose(h.own, [0, e / (1 + e), 1 / (1 + e), 1], rtol=1e-6)
-
-
-def test_a_positive_is_left_out_of_its_own_history() -> None:
-    """In training, a positive's user vector is the history without that positive: the model
-    cannot learn to score an item by its own presence in the history."""
-    import torch
-
-    data = Interactions.build(np.array([0, 0]), np.array([3, 4]), np.array([1, 2]), 1, 6)
-    params = ncf.NCFParams(**FAST, history=2).resolve(len(data))
-    hist = ncf._History(data, 2, params.history_tau)
-    model = ncf._build(torch, 1, 6, params, hist)
-    own = torch.tensor([hist.own[1]])  # item 4's weight in user 0's history
-    with_self = model._users(torch.tensor([0]))[0]
-    without = model._users(torch.tensor([0]), torch.tensor([4]), own)[0]
-    only_item_3 = model.gmf_user.weight[0] + hist.weights[0, 1] * model.gmf_hist.weight[3]
-    torch.testing.assert_close(without[0], only_item_3)
-    assert not torch.allclose(with_self, without)
 
 
 def test_a_rows_weight_scales_its_pull() -> None:

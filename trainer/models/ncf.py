@@ -54,12 +54,6 @@ class NCFParams(Params):
     alpha: float | None = None  # GMF's share of the fused output; None: chosen on validation
     recency_tau: float | None = 3.0  # positive's loss weight: 1 + boost * exp(-steps / tau)
     recency_boost: float = 1.0
-    # The user's latest `history` items join its embedding in both towers (FISM-style: the
-    # user vector is its own embedding plus the exp(-steps / history_tau)-weighted mean of
-    # their history embeddings; a positive is left out of its own history while training).
-    # 0: the plain NeuMF user embedding. Folded into the user embeddings at export.
-    history: int = 0
-    history_tau: float = 3.0
     valid_users: int = 2_000  # early stopping scores at most this many validation users
 
     def resolve(self, n_interactions: int) -> NCFParams:
@@ -170,14 +164,11 @@ class NCFScorer(Scorer):
 
 def _export(model, alpha: float) -> dict[str, np.ndarray]:  # model: _NeuMF
     """NeuMF's serving weights; the two pre-trained heads fuse into one output layer:
-    out = alpha * gmf_head + (1 - alpha) * mlp_head, as the NeuMF paper fuses pre-trained towers.
-    With a history tower, each user's history is folded into its embeddings here, so serving
-    reads the same arrays either way."""
-    gmf_user, mlp_user = model.user_tables()
+    out = alpha * gmf_head + (1 - alpha) * mlp_head, as the NeuMF paper fuses pre-trained towers."""
     weights = {
-        "gmf_user": gmf_user,
+        "gmf_user": model.gmf_user.weight,
         "gmf_item": model.gmf_item.weight,
-        "mlp_user": mlp_user,
+        "mlp_user": model.mlp_user.weight,
         "mlp_item": model.mlp_item.weight,
     }
     for i, layer in enumerate(model.mlp):
@@ -216,26 +207,6 @@ class _Positives:
 
 
 _BITMAP_BYTES = 1 << 28  # 256 MB: past this many pairs, binary search (slower, O(positives))
-
-
-class _History:
-    """Each user's latest `k` items (column = steps from the end) with weights
-    exp(-steps / tau) that sum to 1 per user, padded with item 0 at weight 0; `own[r]` is row
-    r's weight in its own user's history (0 when it is older than the latest k), which training
-    subtracts so that a positive never predicts itself."""
-
-    def __init__(self, data: Interactions, k: int, tau: float) -> None:
-        steps = data.steps_from_end()
-        rows = np.flatnonzero(steps < k)
-        users, slots = data.user_idx[rows], steps[rows]
-        w = np.exp(-slots / float(tau))
-        w /= np.bincount(users, weights=w, minlength=data.n_users)[users]
-        self.items = np.zeros((data.n_users, k), dtype=np.int64)
-        self.weights = np.zeros((data.n_users, k), dtype=np.float32)
-        self.items[users, slots] = data.item_idx[rows]
-        self.weights[users, slots] = w
-        self.own = np.zeros(len(data), dtype=np.float32)
-        self.own[rows] = w
 
 
 def _sample_negatives(
@@ -297,9 +268,7 @@ class _Trainer:
         self.torch, self.data, self.params, self.rng = torch, data, params, rng
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(int(rng.integers(2**31 - 1)))
-        history = _History(data, params.history, params.history_tau) if params.history else None
-        self.model = _build(torch, data.n_users, data.n_items, params, history).to(self.device)
-        self.own = torch.from_numpy(history.own).to(self.device) if history else None
+        self.model = _build(torch, data.n_users, data.n_items, params).to(self.device)
         pos_weight = np.ones(len(data), dtype=np.float32)
         if params.recency_tau is not None:
             pos_weight += params.recency_boost * recency_weights(data, params.recency_tau)
@@ -424,12 +393,7 @@ class _Trainer:
             items = torch.cat(
                 [self.items[idx][:, None], negatives[start : start + p.batch_size]], 1
             )
-            own = None
-            if self.own is not None:  # the positive leaves its own history; negatives have none
-                own = torch.zeros(items.shape, device=self.device)
-                own[:, 0] = self.own[idx]
-                own = own.reshape(-1)
-            out = self.model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1), own)
+            out = self.model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1))
             loss = 0.0
             for logits in _towers(out, alpha, fused):
                 logits = logits.view(-1, 1 + p.negatives)
@@ -468,24 +432,14 @@ def _sample_rows(held_out: Interactions, most: int, rng: np.random.Generator) ->
     return held_out.select(mask)
 
 
-def _build(torch, n_users: int, n_items: int, params: NCFParams, history: _History | None = None):
+def _build(torch, n_users: int, n_items: int, params: NCFParams):
     nn = torch.nn
 
     class _NeuMF(nn.Module):
-        """GMF and MLP towers, each with its own head; serving fuses the heads (`_export`).
-        With `history`, each tower's user vector adds the weighted history embeddings."""
+        """GMF and MLP towers, each with its own head; serving fuses the heads (`_export`)."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.history = history is not None
-            if history is not None:
-                self.gmf_hist = nn.EmbeddingBag(n_items, params.dim, mode="sum")
-                self.mlp_hist = nn.EmbeddingBag(n_items, params.dim, mode="sum")
-                nn.init.normal_(self.gmf_hist.weight, std=0.01)
-                nn.init.normal_(self.mlp_hist.weight, std=0.01)
-                # not parameters, and not in state_dict: the epoch snapshots stay small
-                self.register_buffer("hist_items", torch.from_numpy(history.items), False)
-                self.register_buffer("hist_weights", torch.from_numpy(history.weights), False)
             self.gmf_user = nn.Embedding(n_users, params.dim)
             self.gmf_item = nn.Embedding(n_items, params.dim)
             self.mlp_user = nn.Embedding(n_users, params.dim)
@@ -497,27 +451,9 @@ def _build(torch, n_users: int, n_items: int, params: NCFParams, history: _Histo
             for emb in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
                 nn.init.normal_(emb.weight, std=0.01)
 
-        def _users(self, users, items=None, own=None):
-            gmf, mlp = self.gmf_user(users), self.mlp_user(users)
-            if not self.history:
-                return gmf, mlp
-            bag, w = self.hist_items[users], self.hist_weights[users]
-            gmf = gmf + self.gmf_hist(bag, per_sample_weights=w)
-            mlp = mlp + self.mlp_hist(bag, per_sample_weights=w)
-            if own is not None:
-                gmf = gmf - own[:, None] * self.gmf_hist.weight[items]
-                mlp = mlp - own[:, None] * self.mlp_hist.weight[items]
-            return gmf, mlp
-
-        def user_tables(self):
-            """Every user's GMF and MLP vectors, history included."""
-            with torch.no_grad():
-                return self._users(torch.arange(n_users, device=self.gmf_user.weight.device))
-
-        def forward(self, users, items, own=None):
-            gmf_user, mlp_user = self._users(users, items, own)
-            gmf = gmf_user * self.gmf_item(items)
-            h = torch.cat([mlp_user, self.mlp_item(items)], dim=1)
+        def forward(self, users, items):
+            gmf = self.gmf_user(users) * self.gmf_item(items)
+            h = torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=1)
             for layer in self.mlp:
                 h = torch.relu(layer(h))
             return self.gmf_head(gmf).squeeze(1), self.mlp_head(h).squeeze(1)
