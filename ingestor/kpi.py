@@ -29,7 +29,6 @@ import bisect
 import io
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from typing import Any
 
 from ingestor.snapshot import list_snapshots, snapshot_id
 from ingestor.stats import GateConfig, Srm, proportion_ci, srm, verdict
+from model_registry.durations import duration
 from model_registry.errors import RegistryError, StorageError
 from model_registry.logs import configure_logging
 from model_registry.messages import one_line
@@ -55,16 +55,6 @@ POSITIVE_RATING = 4.0
 REPORT_DIGEST_CHARS = 16  # of the report's sha256, in its key
 _COLUMNS = ("topic", "partition", "offset", "kind", "user_id", "movie_id", "rating", "ts")
 _SERVED = ("request_id", "items", "model", "version", "arm", "probe")
-_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def duration(text: str) -> float:
-    """'90s', '10m', '24h', '1.5d', '250ms' or plain seconds -> seconds (an argparse type)."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match or float(match[1]) <= 0:
-        raise ValueError(text)
-    return float(match[1]) * _UNIT_S[match[2]]
 
 
 @dataclass(frozen=True)

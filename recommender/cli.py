@@ -76,12 +76,12 @@ def make_observer(kpi_store: Any, metrics_urls: Sequence[str]) -> Callable[[Any]
 
 
 def rollout_main(argv: list[str], clock: Callable[[], float] = time.time) -> int:
+    from model_registry.durations import duration
     from recommender.rollout import (
         Controller,
         RolloutConfig,
         RolloutError,
         RolloutMetrics,
-        duration,
         parse_steps,
     )
 
@@ -107,8 +107,11 @@ def rollout_main(argv: list[str], clock: Callable[[], float] = time.time) -> int
     parser.add_argument("--experiment", help="experiment name (default rollout-<vX.Y>-<kind>)")
     parser.add_argument("--by", default="rollout", help="actor recorded on every write")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve own metrics here")
-    parser.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address for --metrics-port (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (0.0.0.0 in a container)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="decide and print, write nothing")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -208,8 +211,8 @@ def _users(text: str) -> list[int]:
 
 
 def probe_main(argv: list[str]) -> int:
+    from model_registry.durations import duration
     from recommender.probe import ProbeMetrics, ProbeRun, breaches, summarise
-    from recommender.rollout import duration
 
     parser = argparse.ArgumentParser(
         prog="python -m recommender probe", description="synthetic probes of the serving API"
@@ -237,8 +240,11 @@ def probe_main(argv: list[str]) -> int:
     parser.add_argument("--brokers", help="Kafka brokers: publish each probe")
     parser.add_argument("--topic", default="reco_probes")
     parser.add_argument("--metrics-port", type=int, default=0)
-    parser.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address for --metrics-port (0.0.0.0 in a container)")
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (0.0.0.0 in a container)",
+    )
     parser.add_argument("--max-failure-share", type=float, default=0.05)
     parser.add_argument("--max-p95-ms", type=float, default=500.0)
     parser.add_argument("--summary", help="also write the summary JSON here")

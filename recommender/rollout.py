@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -40,17 +39,6 @@ log = logging.getLogger("recommender.rollout")
 
 CANDIDATE, REST, CONTROL = "candidate", "rest", "control"
 Action = Literal["start", "wait", "advance", "hold", "rollback", "promote"]
-_DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)(ms|s|m|h|d)?")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def duration(text: str) -> float:
-    """'90s', '10m', '1h' or plain seconds -> seconds (an argparse type). Same grammar as
-    ingestor.kpi.duration; the recommender may not import the ingestor."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match or float(match[1]) <= 0:
-        raise ValueError(text)
-    return float(match[1]) * _UNIT_S[match[2]]
 
 
 def step_weights(step: int) -> dict[str, float]:

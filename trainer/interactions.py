@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "HOLDOUT_REFIT",
+    "HOLDOUT_TUNED",
     "MEASURE_TUNED_FROM",
     "FitSets",
     "Interactions",
@@ -37,6 +39,9 @@ __all__ = [
 # per user, which usually costs a little (ALS and itemcf at 10M: -0.0003 NDCG@10), though an
 # early-stopped fit can also come out ahead (NCF at 10M: 0.0935 against the refit's 0.0915).
 MEASURE_TUNED_FROM = 1_000_000
+# What a kind's test numbers were measured on (`holdout_fit` in reports and manifests)
+HOLDOUT_TUNED = "train"  # the tuned fit itself (past MEASURE_TUNED_FROM)
+HOLDOUT_REFIT = "train+valid"  # a refit on train + validation with the chosen settings
 
 
 def measures_tuned_fit(data: Interactions) -> bool:

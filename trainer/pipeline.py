@@ -35,6 +35,8 @@ from trainer.drift import data_block
 from trainer.errors import PublishRefused, TrainerError
 from trainer.evaluate import Metrics, bias_table, evaluate, latency_ms
 from trainer.interactions import (
+    HOLDOUT_REFIT,
+    HOLDOUT_TUNED,
     MEASURE_TUNED_FROM,
     FitSets,
     Interactions,
@@ -78,7 +80,7 @@ class KindResult:
     fairness: dict[str, Any] = field(default_factory=dict)
     # what the measured fit trained on: "train+valid" (a refit), or "train" (the tuned fit itself,
     # on data past MEASURE_TUNED_FROM interactions)
-    holdout_fit: str = "train+valid"
+    holdout_fit: str = HOLDOUT_REFIT
 
     def row(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.metrics}
@@ -366,7 +368,6 @@ def _train_kind(
     trials = []
     # (valid NDCG, resolved params, the fit, its seconds); the fit is kept only when measured
     best: tuple[float, Any, Any, float] = (-1.0, None, None, 0.0)
-    keep_fit = measure_tuned
     candidates = spec.candidates()
     # the kind's first line: progress readers (and bench_train's per-kind times) start here
     log.info("[%s] tuning %d candidate(s) on validation", kind, len(candidates))
@@ -393,12 +394,12 @@ def _train_kind(
             json.dumps(resolved.model_dump(mode="json")),
         )
         if m.ndcg > best[0]:
-            best = (m.ndcg, resolved, scorer if keep_fit else None, fit_seconds)
+            best = (m.ndcg, resolved, scorer if measure_tuned else None, fit_seconds)
         del scorer  # a losing fit's memory goes before the next candidate's fit
     chosen = best[1]
     train_valid = sets.holdout  # split.train_valid, plus watches before each test interaction
-    if keep_fit:  # large data: the tuned fit is measured (MEASURE_TUNED_FROM)
-        scorer, train_seconds, holdout_fit = best[2], best[3], "train"
+    if measure_tuned:  # large data: the tuned fit is measured (MEASURE_TUNED_FROM)
+        scorer, train_seconds, holdout_fit = best[2], best[3], HOLDOUT_TUNED
         log.info(
             "[%s] measuring the tuned fit on test (no refit past %d interactions)",
             kind,
@@ -407,7 +408,7 @@ def _train_kind(
     else:
         start = time.perf_counter()
         scorer = spec.fit(train_valid, chosen, np.random.default_rng(seed), None)
-        train_seconds, holdout_fit = time.perf_counter() - start, "train+valid"
+        train_seconds, holdout_fit = time.perf_counter() - start, HOLDOUT_REFIT
     fallback_tv = _fallback(train_valid)
     data = sets.final  # every rating and every watch
     test: Metrics = evaluate(scorer, train_valid, split.test, fallback_tv, seed=seed, groups=groups)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainer.errors import PublishRefused
-from trainer.interactions import measures_tuned_fit
+from trainer.interactions import HOLDOUT_REFIT, HOLDOUT_TUNED, measures_tuned_fit
 from trainer.models import rating
 from trainer.models.data import Interactions
 
@@ -60,11 +60,11 @@ def train_rating(
     del fits
     if kept[0] is not None and kept[1] is not None:
         (model, train_seconds), (base_model, _) = kept
-        holdout_fit = "train"
+        holdout_fit = HOLDOUT_TUNED
     else:
         model, train_seconds = _timed_fit(split, chosen, seed)
         base_model, _ = _timed_fit(split, baseline, seed)
-        holdout_fit = "train+valid"
+        holdout_fit = HOLDOUT_REFIT
     test = rating.errors(model, split.test)
     base = rating.errors(base_model, split.test)
     log.info(
