@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from recommender.rollout import duration
+from model_registry.durations import duration
 
 
 def read_ratings(path: Path) -> list[tuple[int, int, float, int]]:
