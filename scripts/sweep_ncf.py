@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Settings compared on the same seeds. The committed ncf_sweep_ml100k.jsonl also holds an earlier
 # round (names A_ to H_) measured with the single-phase NeuMF that this module no longer has.
+# Settings measured before recency_boost 2 became the default (2026-12-01) name boost 1, so
+# that re-running one repeats it. (Lines named `pretrain` are whatever shipped on their day.)
+_BOOST1 = {"recency_boost": 1.0}
 CONFIGS = {
     # NeuMF trained from scratch as one model, as before pre-training was added
     "no_pretrain": {
@@ -37,16 +40,18 @@ CONFIGS = {
         "finetune_patience": 6,
         "finetune_lr_scale": 1.0,
         "alpha": 0.5,
+        **_BOOST1,
     },
     "pretrain": {},  # NCFParams(): what ships
-    "pretrain_d64": {"dim": 64},
-    "pretrain_neg8": {"negatives": 8},
-    "pretrain_ft_lr05": {"finetune_lr_scale": 0.5},
+    "pretrain_d64": {"dim": 64, **_BOOST1},
+    "pretrain_neg8": {"negatives": 8, **_BOOST1},
+    "pretrain_ft_lr05": {"finetune_lr_scale": 0.5, **_BOOST1},
     "pretrain_d64_boost3": {"dim": 64, "recency_boost": 3.0},
     "pretrain_boost3": {"recency_boost": 3.0},
-    "pretrain_neg6": {"negatives": 6},
-    "pretrain_neg8_d16": {"negatives": 8, "dim": 16},
-    "pretrain_neg8_b512": {"negatives": 8, "batch_size": 512, "lr": 0.0014},
+    "pretrain_neg6": {"negatives": 6, **_BOOST1},  # shipped until recency_boost 2
+    "pretrain_neg8_d16": {"negatives": 8, "dim": 16, **_BOOST1},
+    "pretrain_neg8_b512": {"negatives": 8, "batch_size": 512, "lr": 0.0014, **_BOOST1},
+    "pretrain_neg6_boost2": {"negatives": 6, "recency_boost": 2.0},  # what ships
 }
 
 
