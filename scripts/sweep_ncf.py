@@ -52,6 +52,7 @@ CONFIGS = {
     "pretrain_neg8_d16": {"negatives": 8, "dim": 16, **_BOOST1},
     "pretrain_neg8_b512": {"negatives": 8, "batch_size": 512, "lr": 0.0014, **_BOOST1},
     "pretrain_neg6_boost2": {"negatives": 6, "recency_boost": 2.0},  # what ships
+    "pretrain_neg6_boost3": {"negatives": 6, "recency_boost": 3.0},
 }
 
 
