@@ -275,8 +275,8 @@ def compare(kpis: dict[str, dict[str, Any]], config: KpiConfig) -> dict[str, Any
 
 
 # ---- output -------------------------------------------------------------------------------------
-def report_keys(experiment: str, snapshot: str, digest: str = "") -> tuple[str, str]:
-    return f"kpi/{experiment}/report-{snapshot}-{digest}.json", f"kpi/{experiment}/latest.json"
+def latest_key(experiment: str) -> str:
+    return f"kpi/{experiment}/latest.json"
 
 
 def write_report(store: BlobStore, report: dict[str, Any], generated_at: float) -> str:
@@ -284,12 +284,11 @@ def write_report(store: BlobStore, report: dict[str, Any], generated_at: float) 
     part matters: the arms' weights are an input too, so two runs over one snapshot before and
     after a rollout step give different reports, and the one a decision read must stay."""
     body = json.dumps(report, indent=1, sort_keys=True).encode()
-    key, latest = report_keys(
-        report["experiment"], report["snapshot_id"], sha256_bytes(body)[:REPORT_DIGEST_CHARS]
-    )
+    digest = sha256_bytes(body)[:REPORT_DIGEST_CHARS]
+    key = f"kpi/{report['experiment']}/report-{report['snapshot_id']}-{digest}.json"
     store.put(key, body)
     body = {**report, "generated_at": generated_at, "report_key": key}
-    store.put(latest, json.dumps(body, indent=1, sort_keys=True).encode())
+    store.put(latest_key(report["experiment"]), json.dumps(body, indent=1, sort_keys=True).encode())
     return key
 
 
@@ -297,7 +296,7 @@ def read_latest(store: BlobStore, experiment: str) -> dict[str, Any] | None:
     from model_registry.errors import BlobNotFound
 
     try:
-        return json.loads(store.get(report_keys(experiment, "")[1]))
+        return json.loads(store.get(latest_key(experiment)))
     except BlobNotFound:
         return None
 

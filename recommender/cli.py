@@ -55,7 +55,7 @@ def fetch_metrics(urls: Sequence[str], timeout: float = 5.0) -> list[str]:
 
 def make_observer(kpi_store: Any, metrics_urls: Sequence[str]) -> Callable[[Any], Any]:
     """Observations for a state: the KPI job's latest report of the experiment (the key layout
-    of ingestor.kpi.report_keys) and the replicas' counters."""
+    of ingestor.kpi.latest_key) and the replicas' counters."""
     from recommender.rollout import Observations, parse_serving_metrics
 
     def observe(state: Any) -> Observations:
