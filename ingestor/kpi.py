@@ -43,6 +43,7 @@ from ingestor.snapshot import list_snapshots, snapshot_id
 from ingestor.stats import GateConfig, Srm, proportion_ci, srm, verdict
 from model_registry.durations import duration
 from model_registry.errors import RegistryError, StorageError
+from model_registry.experiments import kpi_latest_key, kpi_report_key
 from model_registry.logs import configure_logging
 from model_registry.messages import one_line
 from model_registry.registry import sha256_bytes
@@ -275,20 +276,18 @@ def compare(kpis: dict[str, dict[str, Any]], config: KpiConfig) -> dict[str, Any
 
 
 # ---- output -------------------------------------------------------------------------------------
-def latest_key(experiment: str) -> str:
-    return f"kpi/{experiment}/latest.json"
-
-
 def write_report(store: BlobStore, report: dict[str, Any], generated_at: float) -> str:
     """Write the report under a key named by its snapshot and its own content. The content
     part matters: the arms' weights are an input too, so two runs over one snapshot before and
     after a rollout step give different reports, and the one a decision read must stay."""
     body = json.dumps(report, indent=1, sort_keys=True).encode()
     digest = sha256_bytes(body)[:REPORT_DIGEST_CHARS]
-    key = f"kpi/{report['experiment']}/report-{report['snapshot_id']}-{digest}.json"
+    key = kpi_report_key(report["experiment"], report["snapshot_id"], digest)
     store.put(key, body)
     body = {**report, "generated_at": generated_at, "report_key": key}
-    store.put(latest_key(report["experiment"]), json.dumps(body, indent=1, sort_keys=True).encode())
+    store.put(
+        kpi_latest_key(report["experiment"]), json.dumps(body, indent=1, sort_keys=True).encode()
+    )
     return key
 
 
@@ -296,7 +295,7 @@ def read_latest(store: BlobStore, experiment: str) -> dict[str, Any] | None:
     from model_registry.errors import BlobNotFound
 
     try:
-        return json.loads(store.get(latest_key(experiment)))
+        return json.loads(store.get(kpi_latest_key(experiment)))
     except BlobNotFound:
         return None
 

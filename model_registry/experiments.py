@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MODEL_REF = re.compile(r"(?:(v[0-9]{1,6}\.[0-9]{1,9})/)?([a-z]{1,32})")
 
 
+def kpi_latest_key(experiment: str) -> str:
+    """Where the KPI job names its newest report; the controller and the CLI read it."""
+    return f"kpi/{experiment}/latest.json"
+
+
+def kpi_report_key(experiment: str, snapshot_id: str, digest: str) -> str:
+    """One KPI report: named by its snapshot and a digest of its own content (ingestor.kpi)."""
+    return f"kpi/{experiment}/report-{snapshot_id}-{digest}.json"
+
+
 def parse_model_ref(ref: str) -> tuple[str | None, str]:
     """'als' -> (None, 'als'); 'v0.3/ncf' -> ('v0.3', 'ncf'); anything else is a ValueError."""
     match = MODEL_REF.fullmatch(ref) if isinstance(ref, str) else None

@@ -21,6 +21,7 @@ from http.client import HTTPException
 from typing import Any
 
 from model_registry.errors import BlobNotFound, RegistryError, StorageError
+from model_registry.experiments import kpi_latest_key
 from model_registry.logs import configure_logging
 from model_registry.messages import one_line
 
@@ -55,12 +56,12 @@ def fetch_metrics(urls: Sequence[str], timeout: float = 5.0) -> list[str]:
 
 def make_observer(kpi_store: Any, metrics_urls: Sequence[str]) -> Callable[[Any], Any]:
     """Observations for a state: the KPI job's latest report of the experiment (the key layout
-    of ingestor.kpi.latest_key) and the replicas' counters."""
+    model_registry.experiments.kpi_latest_key) and the replicas' counters."""
     from recommender.rollout import Observations, parse_serving_metrics
 
     def observe(state: Any) -> Observations:
         try:
-            kpi = json.loads(kpi_store.get(f"kpi/{state.experiment}/latest.json"))
+            kpi = json.loads(kpi_store.get(kpi_latest_key(state.experiment)))
         except BlobNotFound:
             kpi = None
         except (StorageError, ValueError) as exc:
