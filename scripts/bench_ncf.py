@@ -45,7 +45,7 @@ def step_costs(n_users: int, n_items: int, params: ncf.NCFParams, fused: bool) -
         users = torch.from_numpy(rng.integers(0, n_users, params.batch_size))
         items = torch.from_numpy(rng.integers(0, n_items, (params.batch_size, width)))
         t0 = time.perf_counter()
-        gmf, mlp = model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1))
+        gmf, mlp = model(users, items)
         loss = torch.nn.functional.softplus(gmf).mean() + torch.nn.functional.softplus(mlp).mean()
         t1 = time.perf_counter()
         optimiser.zero_grad()

@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # round (names A_ to H_) measured with the single-phase NeuMF that this module no longer has.
 # Settings measured before recency_boost 2 became the default (2026-12-01) name boost 1, so
 # that re-running one repeats it. (Lines named `pretrain` are whatever shipped on their day.)
-_BOOST1 = {"recency_boost": 1.0}
+# Settings measured before validation also held out each user's latest training interaction
+# (2026-12-02) pin it off; the `_BOOST1` ones too.
+_ONE_ITEM = {"inner_holdout": False}
+_BOOST1 = {"recency_boost": 1.0, **_ONE_ITEM}
 CONFIGS = {
     # NeuMF trained from scratch as one model, as before pre-training was added
     "no_pretrain": {
@@ -46,13 +49,19 @@ CONFIGS = {
     "pretrain_d64": {"dim": 64, **_BOOST1},
     "pretrain_neg8": {"negatives": 8, **_BOOST1},
     "pretrain_ft_lr05": {"finetune_lr_scale": 0.5, **_BOOST1},
-    "pretrain_d64_boost3": {"dim": 64, "recency_boost": 3.0},
-    "pretrain_boost3": {"recency_boost": 3.0},
+    "pretrain_d64_boost3": {"dim": 64, "recency_boost": 3.0, **_ONE_ITEM},
+    "pretrain_boost3": {"recency_boost": 3.0, **_ONE_ITEM},
     "pretrain_neg6": {"negatives": 6, **_BOOST1},  # shipped until recency_boost 2
     "pretrain_neg8_d16": {"negatives": 8, "dim": 16, **_BOOST1},
     "pretrain_neg8_b512": {"negatives": 8, "batch_size": 512, "lr": 0.0014, **_BOOST1},
-    "pretrain_neg6_boost2": {"negatives": 6, "recency_boost": 2.0},  # what ships
-    "pretrain_neg6_boost3": {"negatives": 6, "recency_boost": 3.0},
+    # shipped until 2026-12-02 (with the per-pair forward and torch's default Adam)
+    "pretrain_neg6_boost2": {"negatives": 6, "recency_boost": 2.0, **_ONE_ITEM},
+    "pretrain_neg6_boost3": {"negatives": 6, "recency_boost": 3.0, **_ONE_ITEM},
+    # 2026-12-02: the same with the factorised forward and the fused Adam, and candidates
+    "pretrain_neg6_boost2_fused": {"negatives": 6, "recency_boost": 2.0, **_ONE_ITEM},
+    "softmax": {"negatives": 6, "recency_boost": 2.0, "loss": "softmax", **_ONE_ITEM},
+    "wd1e-6": {"negatives": 6, "recency_boost": 2.0, "weight_decay": 1e-6, **_ONE_ITEM},
+    "two_item_validation": {"negatives": 6, "recency_boost": 2.0},  # what ships
 }
 
 

@@ -56,9 +56,11 @@ def _two_tastes(
 FAST = {"dim": 8, "hidden": (16, 8), "batch_size": 128, "lr": 0.01, "pretrain_epochs": 6}
 
 
-def test_pretraining_records_its_choices_and_the_refit_repeats_them() -> None:
+@pytest.mark.parametrize("loss", ["bce", "softmax"])
+def test_pretraining_records_its_choices_and_the_refit_repeats_them(loss: str) -> None:
     split = leave_last_out(_two_tastes())
-    tuned = ncf.fit(split.train, ncf.NCFParams(**FAST), np.random.default_rng(0), split.valid)
+    params = ncf.NCFParams(**FAST, loss=loss)
+    tuned = ncf.fit(split.train, params, np.random.default_rng(0), split.valid)
     chosen = tuned.resolved_params
     assert 1 <= chosen.pretrain_epochs <= 6 and 0 <= chosen.finetune_epochs <= 10
     assert chosen.alpha in ncf._ALPHAS and chosen.dim == 8
@@ -80,9 +82,9 @@ def test_fused_output_is_the_alpha_mix_of_the_two_heads() -> None:
     data = _two_tastes(n_users=20, n_items=10, per_user=3)
     params = ncf.NCFParams(**FAST).resolve(len(data))
     model = ncf._build(torch, data.n_users, data.n_items, params)
-    users = torch.arange(20).repeat_interleave(10)
-    items = torch.arange(10).repeat(20)
-    gmf, mlp = (t.detach().numpy().reshape(20, 10) for t in model(users, items))
+    users = torch.arange(20)
+    items = torch.arange(10).repeat(20, 1)  # (20 users, 10 items each)
+    gmf, mlp = (t.detach().numpy() for t in model(users, items))
     for alpha in (0.0, 0.3, 1.0):
         scorer = ncf.NCFScorer(ncf._export(model, alpha))
         expected = alpha * gmf + (1 - alpha) * mlp
@@ -111,6 +113,47 @@ def test_a_rows_weight_scales_its_pull() -> None:
                 np.arange(40), (np.arange(40) + 1) % 20
             ].mean()
         assert means[1.0] > means[0.1] + 0.1, (seed, means)
+
+
+def test_latest_rated_is_each_users_last_rating_with_something_left_to_train() -> None:
+    # user 0: three ratings; user 1: one rating (nothing would be left); user 2: a watch last
+    data = Interactions.build(
+        np.array([0, 0, 0, 1, 2, 2]),
+        np.array([1, 2, 3, 1, 4, 5]),
+        np.array([10, 20, 30, 10, 10, 20]),
+        3,
+        6,
+        weight=np.array([1, 1, 1, 1, 1, 0.3], dtype=np.float32),
+    )
+    picked = ncf._latest_rated(data)
+    assert list(zip(data.user_idx[picked], data.item_idx[picked], strict=True)) == [(0, 3)]
+
+
+@pytest.mark.parametrize("inner", [True, False])
+def test_validation_also_scores_each_users_next_training_item(inner: bool) -> None:
+    """With `inner_holdout` the tuning fit trains without each validation user's latest row
+    and scores it beside the validation row: two held-out items per user, never trained on."""
+    import torch
+
+    split = leave_last_out(_two_tastes())
+    params = ncf.NCFParams(**FAST, inner_holdout=inner).resolve(len(split.train))
+    trainer = ncf._Trainer(torch, split.train, params, np.random.default_rng(0), split.valid)
+    held = [h for _, h in trainer.checks]
+    assert held[-1] is trainer.valid
+    if not inner:
+        assert len(held) == 1 and len(trainer.data) == len(split.train)
+        return
+    latest = split.train.select(split.train.steps_from_end() == 0)
+    assert len(held) == 2 and len(held[0]) == len(latest) == split.train.n_users
+    assert np.array_equal(held[0].item_idx, latest.item_idx)
+    assert len(trainer.data) == len(split.train) - len(latest)
+    trained = set(zip(trainer.data.user_idx, trainer.data.item_idx, strict=True))
+    assert not trained & set(zip(held[0].user_idx, held[0].item_idx, strict=True))
+    # the validation row's ranking excludes the held-out training item: it is known, not new
+    seen, _ = trainer.checks[1]
+    assert len(seen) == len(split.train)
+    score = trainer._validate(0.5)
+    assert 0.0 <= score <= 1.0
 
 
 def test_tuning_scores_a_seeded_sample_of_validation_users_at_scale() -> None:

@@ -8,6 +8,8 @@ the row's own weight (watches weigh less). Sizes (embedding, batch, negatives) f
 (`NCFParams.resolve`). Given a validation set, both phases evaluate full-ranking NDCG@10 after
 each epoch and keep the best (smoothed) epoch, alpha is chosen on validation between the phases,
 and everything chosen is pinned in `resolved_params` so refits repeat it without held-out data.
+Validation scores two items per user: the validation row and the user's latest training row,
+which the tuning fit leaves out (`inner_holdout`), so an epoch's score is half as noisy.
 Every epoch logs its loss, validation score and an ETA; a GPU is used when torch sees one.
 
 Serving never imports torch: the weights are exported as .npy and `NCFScorer` runs the forward
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,6 +44,9 @@ class NCFParams(Params):
     hidden: tuple[int, ...] | None = None  # MLP tower; None: (2*dim, dim, dim/2), at most 64 wide
     lr: float | None = None  # Adam; None: 0.001 x sqrt(batch / 256)
     weight_decay: float = 0.0
+    # "bce": each positive towards 1 and each negative towards 0 (the NeuMF paper's loss);
+    # "softmax": cross-entropy of the positive among itself and its negatives (sampled softmax)
+    loss: Literal["bce", "softmax"] = "bce"
     # negatives per positive; None: 6 up to 1M interactions, 4 above (`resolve`)
     negatives: int | None = None
     batch_size: int | None = None  # positives per step; None: about 400 steps per epoch
@@ -57,6 +62,10 @@ class NCFParams(Params):
     # 0.0677), test HR@10 0.1060 vs 0.0997, test NDCG@10 0.0505 vs 0.0502 (docs/evaluation.md)
     recency_boost: float = 2.0
     valid_users: int = 2_000  # early stopping scores at most this many validation users
+    # Validation also holds out each validation user's latest training interaction (trained
+    # without it) and scores both: twice the held-out rows per epoch score, so less noise in
+    # the epochs and alpha it picks (docs/evaluation.md). The refit trains on everything.
+    inner_holdout: bool = True
 
     def resolve(self, n_interactions: int) -> NCFParams:
         """Sizes from the data: wider embeddings, bigger batches, fewer negatives as it grows.
@@ -111,7 +120,7 @@ _MANY = 1_000_000  # interactions from which an epoch's cost, not data, is the c
 # Past _MANY: epochs at most (10M: 12 pre-training epochs are 24M positives, about 2.4 passes;
 # the validation curve there still rises slowly after epoch 8: 0.085 -> 0.088 by epoch 10)
 _SCALE_EPOCHS = 12
-_SMALL_BATCH = 1024  # up to here: one torch thread and torch's default Adam (see `fit`, `_phase`)
+_SMALL_BATCH = 1024  # up to here: one torch thread (see `fit`)
 _SCALE_FINETUNE = 3
 _SCALE_PATIENCE = 3
 _ALPHAS = (0.25, 0.5, 0.75)  # fusion weights tried on validation after pre-training
@@ -267,9 +276,22 @@ class _Trainer:
     """
 
     def __init__(self, torch, data, params: NCFParams, rng, valid) -> None:
-        self.torch, self.data, self.params, self.rng = torch, data, params, rng
+        self.torch, self.params, self.rng = torch, params, rng
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         torch.manual_seed(int(rng.integers(2**31 - 1)))
+        self.valid = _sample_rows(valid, params.valid_users, rng) if valid is not None else None
+        # (seen, held out) pairs that validation scores; `seen` holds only the validation users'
+        # rows, so the seen matrix built for every validation costs 2000 users' history, not all
+        # 10M rows (about 1 s an epoch)
+        self.checks: list[tuple[Interactions, Interactions]] = []
+        if self.valid is not None:
+            users = np.isin(data.user_idx, np.unique(self.valid.user_idx))
+            inner = _latest_rated(data) & users if params.inner_holdout else np.zeros_like(users)
+            self.checks.append((data.select(users), self.valid))
+            if inner.any():  # the next item after training, as the refit will be tested
+                self.checks.insert(0, (data.select(users & ~inner), data.select(inner)))
+                data = data.select(~inner)
+        self.data = data
         self.model = _build(torch, data.n_users, data.n_items, params).to(self.device)
         pos_weight = np.ones(len(data), dtype=np.float32)
         if params.recency_tau is not None:
@@ -281,14 +303,6 @@ class _Trainer:
         self.items = torch.from_numpy(data.item_idx.astype(np.int64)).to(self.device)
         keys = data.user_idx.astype(np.int64) * data.n_items + data.item_idx
         self.positives = _Positives(keys, data.n_users * data.n_items)
-        self.valid = _sample_rows(valid, params.valid_users, rng) if valid is not None else None
-        # what validation excludes from ranking: only its users' rows, so the seen matrix built
-        # for every validation costs 2000 users' history, not all 10M rows (about 1 s an epoch)
-        self.valid_seen = (
-            data.select(np.isin(data.user_idx, np.unique(self.valid.user_idx)))
-            if self.valid is not None
-            else None
-        )
 
     def run(self) -> NCFScorer:
         p = self.params
@@ -306,7 +320,10 @@ class _Trainer:
         return scorer
 
     def _validate(self, alpha: float) -> float:
-        return full_ranking_ndcg(NCFScorer(_export(self.model, alpha)), self.valid_seen, self.valid)
+        """NDCG@10 over every held-out row of `checks` (each user's next one or two items)."""
+        scorer = NCFScorer(_export(self.model, alpha))
+        scores = [(full_ranking_ndcg(scorer, seen, held), len(held)) for seen, held in self.checks]
+        return sum(ndcg * n for ndcg, n in scores) / sum(n for _, n in scores)
 
     def _phase(self, name: str, epochs: int, lr: float, alpha: float, fused: bool) -> int:
         """Train up to `epochs`; with validation keep the best state. Returns the epochs kept.
@@ -325,16 +342,10 @@ class _Trainer:
         if epochs <= 0:
             return 0
         torch, p = self.torch, self.params
-        # Large batches (large data): a fused Adam, one kernel for all parameters; at 10M
-        # interactions its update is 4.3 ms against 18.8 (scripts/bench_ncf.py). Small ones keep
-        # torch's default: a step there gains ~1 ms of ~7, no measurable refit time in a sweep,
-        # and the different rounding moved ML-100K's seed 0 from 0.0543 to 0.0484 (seed noise,
-        # but the three-seed table and the quality bar were measured with the default).
+        # A fused Adam, one kernel for all parameters: at 10M interactions its update is 4.3 ms
+        # against 18.8 (scripts/bench_ncf.py), on ML-100K about 0.6 ms against 1.6 of a step.
         optimiser = torch.optim.Adam(
-            self.model.parameters(),
-            lr=lr,
-            weight_decay=p.weight_decay,
-            fused=p.batch_size > _SMALL_BATCH or None,
+            self.model.parameters(), lr=lr, weight_decay=p.weight_decay, fused=True
         )
         patience = p.finetune_patience if fused else p.patience
         scores: dict[int, float] = {}
@@ -390,18 +401,20 @@ class _Trainer:
         for start in range(0, per_epoch, p.batch_size):
             idx = order[start : start + p.batch_size]
             users, w = self.users[idx], self.weights[idx]
-            # One forward for each positive and its negatives (positive first): half the
-            # per-step overhead of two calls, which dominates small batches on a CPU.
+            # One forward for each positive and its negatives (positive first, column 0): half
+            # the per-step overhead of two calls, which dominates small batches on a CPU.
             items = torch.cat(
                 [self.items[idx][:, None], negatives[start : start + p.batch_size]], 1
             )
-            out = self.model(users[:, None].expand_as(items).reshape(-1), items.reshape(-1))
             loss = 0.0
-            for logits in _towers(out, alpha, fused):
-                logits = logits.view(-1, 1 + p.negatives)
-                # pointwise: the positive towards 1 (weighted by recency), negatives towards 0
-                per_positive = F.softplus(-logits[:, 0]) * w + F.softplus(logits[:, 1:]).sum(dim=1)
-                loss = loss + (per_positive / (1 + p.negatives)).mean()
+            for logits in _towers(self.model(users, items), alpha, fused):
+                if p.loss == "softmax":  # the positive's log-probability among its row
+                    per_positive = (torch.logsumexp(logits, dim=1) - logits[:, 0]) * w
+                else:  # pointwise: the positive towards 1 (weighted by recency), negatives to 0
+                    per_positive = (
+                        F.softplus(-logits[:, 0]) * w + F.softplus(logits[:, 1:]).sum(dim=1)
+                    ) / (1 + p.negatives)
+                loss = loss + per_positive.mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -423,6 +436,16 @@ def _towers(out, alpha: float, fused: bool) -> list:
     """The logits to train: the fused output, or each tower's own head (pre-training)."""
     gmf, mlp = out
     return [alpha * gmf + (1 - alpha) * mlp] if fused else [gmf, mlp]
+
+
+def _latest_rated(data: Interactions) -> np.ndarray:
+    """Each user's latest interaction when it is a full-weight one (a rating, not a watch), and
+    the user keeps at least one other row to train on."""
+    counts = np.bincount(data.user_idx, minlength=data.n_users)
+    latest = (data.steps_from_end() == 0) & (counts[data.user_idx] >= 2)
+    if data.weight is not None:
+        latest &= data.weight >= 1
+    return latest
 
 
 def _sample_rows(held_out: Interactions, most: int, rng: np.random.Generator) -> Interactions:
@@ -454,11 +477,22 @@ def _build(torch, n_users: int, n_items: int, params: NCFParams):
                 nn.init.normal_(emb.weight, std=0.01)
 
         def forward(self, users, items):
-            gmf = self.gmf_user(users) * self.gmf_item(items)
-            h = torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=1)
-            for layer in self.mlp:
+            """Logits of each tower, (B, M): `users` (B,), `items` (B, M), as serving does it.
+
+            The first MLP layer is split into its user and item halves (W [u; i] = W_u u + W_i i),
+            so each user's half is computed once for its M items, not once per pair: a step of
+            256 positives with 6 negatives each looks up 256 user rows instead of 1,792.
+            """
+            first = self.mlp[0]
+            gmf = self.gmf_user(users)[:, None, :] * self.gmf_item(items)
+            user_h = torch.nn.functional.linear(
+                self.mlp_user(users), first.weight[:, : params.dim], first.bias
+            )
+            item_h = torch.nn.functional.linear(self.mlp_item(items), first.weight[:, params.dim :])
+            h = torch.relu(user_h[:, None, :] + item_h)
+            for layer in self.mlp[1:]:
                 h = torch.relu(layer(h))
-            return self.gmf_head(gmf).squeeze(1), self.mlp_head(h).squeeze(1)
+            return self.gmf_head(gmf).squeeze(-1), self.mlp_head(h).squeeze(-1)
 
         def heads(self) -> dict:
             return {
