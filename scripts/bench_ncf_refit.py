@@ -10,6 +10,8 @@ baseline, ...) so that a shared machine's slow minutes fall on both. Results as 
     git worktree add /tmp/ncf-before 2101379
     python scripts/bench_ncf_refit.py --data ../shared/datasets/ml-100k \
         --baseline-tree /tmp/ncf-before --repeats 3 --out benchmarks/results/ncf_refit_time.json
+
+`--current-tree` times another checkout in place of this one (default: this repository).
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ def refit_seconds(tree: Path, data: str, params: dict) -> float:
     return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
 
 
+def commit(tree: Path) -> str:
+    """The tree's checked-out commit, with "+changes" when its tracked files differ from it."""
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD"]).returncode != 0
+    return f"{head}+changes" if dirty else head
+
+
 def reported_params(tree: Path) -> dict:
     report = json.loads((tree / "benchmarks/results/ml100k_report.json").read_text())
     return report["kinds"]["ncf"]["params"]
@@ -69,12 +80,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the ML-100K folder")
     parser.add_argument("--baseline-tree", type=Path, required=True, help="a checkout to compare")
+    parser.add_argument("--current-tree", type=Path, default=REPO, help="default: this repo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ncf_refit_time.json"))
     args = parser.parse_args()
-    if not (args.baseline_tree / "trainer/models/ncf.py").is_file():
-        parser.error(f"--baseline-tree {args.baseline_tree} has no trainer/models/ncf.py")
-    trees = {"baseline": args.baseline_tree.resolve(), "current": REPO}
+    for tree in (args.baseline_tree, args.current_tree):
+        if not (tree / "trainer/models/ncf.py").is_file():
+            parser.error(f"{tree} has no trainer/models/ncf.py")
+    trees = {"baseline": args.baseline_tree.resolve(), "current": args.current_tree.resolve()}
     params = {name: reported_params(tree) for name, tree in trees.items()}
     runs: dict[str, list[float]] = {"baseline": [], "current": []}
     for i in range(args.repeats):
@@ -91,7 +104,7 @@ def main() -> int:
     payload = {
         "machine": machine(),
         "command": " ".join(sys.argv),
-        "baseline_tree": str(args.baseline_tree),
+        "commits": {name: commit(tree) for name, tree in trees.items()},
         "params": params,
         "refit_seconds": runs,
         "median_seconds": medians,

@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Settings compared on the same seeds. The committed ncf_sweep_ml100k.jsonl also holds an earlier
 # round (names A_ to H_) measured with the single-phase NeuMF that this module no longer has.
-# Settings measured before recency_boost 2 became the default (2026-12-01) name boost 1, so
-# that re-running one repeats it. (Lines named `pretrain` are whatever shipped on their day.)
+# Settings measured before recency_boost 2 became the default (2026-12-01) name boost 1. Runs
+# before 2026-12-02 used the per-pair forward and torch's default Adam: re-running their names
+# now gives new draws of the same setting. (Lines named `pretrain` are whatever shipped then.)
 # Settings measured before validation also held out each user's latest training interaction
 # (2026-12-02) pin it off; the `_BOOST1` ones too.
 _ONE_ITEM = {"inner_holdout": False}

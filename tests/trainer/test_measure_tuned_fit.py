@@ -133,3 +133,32 @@ def test_rating_part_measures_its_tuned_fits_on_large_data(
     assert arrays
     for npy in arrays:
         assert npy.read_bytes() == (tmp_path / "large" / npy.name).read_bytes()
+
+
+def test_ncf_holds_nothing_out_of_a_tuned_fit_that_is_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NCF's validation leaves each validation user's latest training row out of its tuning fit
+    (`inner_holdout`); where that fit is the one measured on test it must see every training
+    row, so the pipeline turns the holdout off there, and only there."""
+    import dataclasses
+
+    from trainer.models import ncf
+
+    calls: list[tuple[bool, bool]] = []
+
+    def fit(data, params, rng, valid=None):
+        calls.append((params.inner_holdout, valid is not None))
+        return ncf.fit(data, params, rng, valid)
+
+    fast = {"dim": 8, "hidden": (8,), "pretrain_epochs": 2, "finetune_epochs": 0}
+    spec = dataclasses.replace(MODELS["ncf"], fit=fit, grid=(fast,))
+    monkeypatch.setitem(MODELS, "ncf", spec)
+    ratings, items = synthetic(150, 120, 5_000, seed=4)
+    registry = Registry.open((tmp_path / "reg").as_uri())
+    for threshold, holdout in ((10**9, True), (100, False)):
+        monkeypatch.setattr(interactions, "MEASURE_TUNED_FROM", threshold)
+        calls.clear()
+        train_release(Dataset(ratings, items, "test"), registry, ["ncf"], publish=False)
+        assert [h for h, tuning in calls if tuning] == [holdout]
+        assert len(calls) >= 2  # the tuning fit and the published fit at least

@@ -9,7 +9,9 @@ the row's own weight (watches weigh less). Sizes (embedding, batch, negatives) f
 each epoch and keep the best (smoothed) epoch, alpha is chosen on validation between the phases,
 and everything chosen is pinned in `resolved_params` so refits repeat it without held-out data.
 Validation scores two items per user: the validation row and the user's latest training row,
-which the tuning fit leaves out (`inner_holdout`), so an epoch's score is half as noisy.
+which the tuning fit leaves out (`inner_holdout`): twice the rows, half the variance of an
+epoch's score. (Past 1M interactions the pipeline turns it off: there the tuned fit is the one
+measured on test, so it trains on every training row.)
 Every epoch logs its loss, validation score and an ETA; a GPU is used when torch sees one.
 
 Serving never imports torch: the weights are exported as .npy and `NCFScorer` runs the forward
@@ -64,7 +66,8 @@ class NCFParams(Params):
     valid_users: int = 2_000  # early stopping scores at most this many validation users
     # Validation also holds out each validation user's latest training interaction (trained
     # without it) and scores both: twice the held-out rows per epoch score, so less noise in
-    # the epochs and alpha it picks (docs/evaluation.md). The refit trains on everything.
+    # the epochs and alpha it picks (docs/evaluation.md). The refit trains on everything; the
+    # pipeline turns it off where the tuned fit itself is measured (past 1M interactions).
     inner_holdout: bool = True
 
     def resolve(self, n_interactions: int) -> NCFParams:
@@ -439,8 +442,8 @@ def _towers(out, alpha: float, fused: bool) -> list:
 
 
 def _latest_rated(data: Interactions) -> np.ndarray:
-    """Each user's latest interaction when it is a full-weight one (a rating, not a watch), and
-    the user keeps at least one other row to train on."""
+    """Each user's latest interaction when it has full weight (a rating, or a watch only where
+    watches were chosen to weigh as much) and the user keeps at least one other row to train on."""
     counts = np.bincount(data.user_idx, minlength=data.n_users)
     latest = (data.steps_from_end() == 0) & (counts[data.user_idx] >= 2)
     if data.weight is not None:
@@ -483,6 +486,7 @@ def _build(torch, n_users: int, n_items: int, params: NCFParams):
             so each user's half is computed once for its M items, not once per pair: a step of
             256 positives with 6 negatives each looks up 256 user rows instead of 1,792.
             """
+            assert items.dim() == 2, "items: (users, items per user)"
             first = self.mlp[0]
             gmf = self.gmf_user(users)[:, None, :] * self.gmf_item(items)
             user_h = torch.nn.functional.linear(
