@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_train import machine
+from scripts.bench_train import write_result
 from trainer.models import ncf
 
 STEPS, WARMUP = 30, 5
@@ -123,14 +123,7 @@ def main() -> int:
         )
         print(json.dumps(row), flush=True)
         results.append(row)
-    payload = {
-        "machine": machine(),
-        "command": " ".join(sys.argv),
-        "torch": torch.__version__,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_result(args.out, {"torch": torch.__version__, "results": results})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from scripts.bench_train import machine  # noqa: E402
+from scripts.bench_train import write_result  # noqa: E402
 
 # One refit in the child: the tree's own loader, split and NCF, with the given parameters.
 _CHILD = """
@@ -89,6 +89,7 @@ def main() -> int:
             parser.error(f"{tree} has no trainer/models/ncf.py")
     trees = {"baseline": args.baseline_tree.resolve(), "current": args.current_tree.resolve()}
     params = {name: reported_params(tree) for name, tree in trees.items()}
+    commits = {name: commit(tree) for name, tree in trees.items()}  # before edits can follow
     runs: dict[str, list[float]] = {"baseline": [], "current": []}
     for i in range(args.repeats):
         for name, tree in trees.items():
@@ -101,19 +102,19 @@ def main() -> int:
             )
     medians = {name: float(np.median(v)) for name, v in runs.items()}
     pairs = [c / b for b, c in zip(runs["baseline"], runs["current"], strict=True)]
-    payload = {
-        "machine": machine(),
-        "command": " ".join(sys.argv),
-        "commits": {name: commit(tree) for name, tree in trees.items()},
-        "params": params,
-        "refit_seconds": runs,
-        "median_seconds": medians,
-        "ratio_of_medians": round(medians["current"] / medians["baseline"], 3),
-        "ratio_per_pair": [round(r, 3) for r in pairs],
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"ratio of medians {payload['ratio_of_medians']}; wrote {args.out}", file=sys.stderr)
+    ratio = round(medians["current"] / medians["baseline"], 3)
+    write_result(
+        args.out,
+        {
+            "commits": commits,
+            "params": params,
+            "refit_seconds": runs,
+            "median_seconds": medians,
+            "ratio_of_medians": ratio,
+            "ratio_per_pair": [round(r, 3) for r in pairs],
+        },
+    )
+    print(f"ratio of medians {ratio}; wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -246,18 +246,19 @@ def machine() -> dict:
     }
 
 
-def _write(out: Path, results: list[dict]) -> None:
+def write_result(out: Path, fields: dict) -> None:
+    """A benchmark's JSON: where it ran, the command that made it, then its own fields."""
+    payload = {"machine": machine(), "command": " ".join(sys.argv), **fields}
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "machine": machine(),
-        "command": " ".join(sys.argv),
-        "note": (
-            "popularity is always trained too (the fallback) and every release has a rating "
-            "part; kind_wall_s: seconds per kind inside a whole-release run, from its log"
-        ),
-        "results": results,
-    }
     out.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _write(out: Path, results: list[dict]) -> None:
+    note = (
+        "popularity is always trained too (the fallback) and every release has a rating "
+        "part; kind_wall_s: seconds per kind inside a whole-release run, from its log"
+    )
+    write_result(out, {"note": note, "results": results})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Results as JSON (the curves, each curve's best epoch, and the mean curve over se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.bench_train import machine
+from scripts.bench_train import write_result
 
 EPOCHS = 40
 SETTING = {
@@ -96,15 +95,7 @@ def main() -> int:
             "mean_curve": [round(float(x), 4) for x in mean],
             "best_epoch_of_mean_curve": int(np.argmax(mean)) + 1,
         }
-    payload = {
-        "machine": machine(),
-        "command": " ".join(sys.argv),
-        "setting": SETTING,
-        "curves": curves,
-        "summary": summary,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    write_result(args.out, {"setting": SETTING, "curves": curves, "summary": summary})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
