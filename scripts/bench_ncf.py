@@ -5,7 +5,9 @@ interactions (`NCFParams.resolve`) is timed on random batches: forward, backward
 optimiser step in milliseconds (median of 30 steps after 5 warm-up steps), with the fused Adam
 NCF uses and, for comparison, torch's default (foreach) Adam. Then `NCFScorer.score_many` on
 random weights of the same sizes, in milliseconds per user, at several scoring chunk sizes
-(`_CHUNK_FLOATS`). Results as JSON.
+(`_CHUNK_FLOATS`). And one epoch's negative sampling, uniform and by popularity
+(`negative_pop_power`), in seconds, on random positives with Zipf-like item counts. Results as
+JSON.
 
     python scripts/bench_ncf.py --out benchmarks/results/ncf_step.json \
         [--shapes 943x1682x99000,71428x12322x9768078]
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts.bench_train import write_result
 from trainer.models import ncf
+from trainer.models.data import Interactions
 
 STEPS, WARMUP = 30, 5
 CHUNKS = (1 << 17, 1 << 19, 1 << 21, 1 << 23)
@@ -94,6 +97,26 @@ def score_costs(n_users: int, n_items: int, params: ncf.NCFParams) -> dict:
     return {"ms_per_user_by_chunk_floats": out, "default_chunk_floats": default}
 
 
+def sampling_costs(n_users: int, n_items: int, n: int, params: ncf.NCFParams) -> dict:
+    """Seconds to draw one epoch's negatives: uniform, and by (count + 1)^power."""
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, n_items + 1)  # Zipf: a few items hold most interactions
+    items = rng.choice(n_items, n, p=popularity / popularity.sum()).astype(np.int32)
+    users = rng.integers(0, n_users, n).astype(np.int32)
+    data = Interactions.build(users, items, np.zeros(n, np.int64), n_users, n_items)
+    positives = ncf._Positives(
+        data.user_idx.astype(np.int64) * n_items + data.item_idx, n_users * n_items
+    )
+    epoch_users = data.user_idx[rng.permutation(n)[: min(n, params.epoch_positives)]]
+    power = params.negative_pop_power or ncf.NCFParams().negative_pop_power
+    out = {}
+    for name, cdf in (("uniform", None), (f"power_{power}", ncf._negative_cdf(data, power))):
+        start = time.perf_counter()
+        ncf._sample_negatives(rng, epoch_users, n_items, positives, params.negatives, cdf)
+        out[name] = round(time.perf_counter() - start, 2)
+    return {"epoch_sampling_s": out, "draws": int(epoch_users.size * params.negatives)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="943x1682x99000,71428x12322x9768078")
@@ -116,6 +139,7 @@ def main() -> int:
             "step_ms_fused_adam": step_costs(n_users, n_items, params, fused=True),
             "step_ms_foreach_adam": step_costs(n_users, n_items, params, fused=False),
             "scoring": score_costs(n_users, n_items, params),
+            "sampling": sampling_costs(n_users, n_items, n, params),
         }
         steps = -(-min(n, params.epoch_positives) // params.batch_size)
         row["epoch_training_s_estimate"] = round(

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # now gives new draws of the same setting. (Lines named `pretrain` are whatever shipped then.)
 # Settings measured before validation also held out each user's latest training interaction
 # (2026-12-02) pin it off; the `_BOOST1` ones too.
-_ONE_ITEM = {"inner_holdout": False}
+# Settings measured before negatives were drawn by popularity (seventh session) pin uniform.
+_ONE_ITEM = {"inner_holdout": False, "negative_pop_power": 0.0}
 _BOOST1 = {"recency_boost": 1.0, **_ONE_ITEM}
 CONFIGS = {
     # NeuMF trained from scratch as one model, as before pre-training was added
@@ -62,7 +63,20 @@ CONFIGS = {
     "pretrain_neg6_boost2_fused": {"negatives": 6, "recency_boost": 2.0, **_ONE_ITEM},
     "softmax": {"negatives": 6, "recency_boost": 2.0, "loss": "softmax", **_ONE_ITEM},
     "wd1e-6": {"negatives": 6, "recency_boost": 2.0, "weight_decay": 1e-6, **_ONE_ITEM},
-    "two_item_validation": {"negatives": 6, "recency_boost": 2.0},  # what ships
+    # shipped until the seventh session (2026-12-02)
+    "two_item_validation": {"negatives": 6, "recency_boost": 2.0, "negative_pop_power": 0.0},
+    # seventh session: candidates on top of two_item_validation. The popneg lines of seeds 0-2
+    # drew by count^power, without the +1 that `_negative_cdf` now adds (seeds 3, 4 had it).
+    "user_norm05": {
+        "negatives": 6,
+        "recency_boost": 2.0,
+        "user_norm": 0.5,
+        "negative_pop_power": 0.0,
+    },
+    "popneg05": {"negatives": 6, "recency_boost": 2.0, "negative_pop_power": 0.5},
+    "popneg075": {"negatives": 6, "recency_boost": 2.0, "negative_pop_power": 0.75},
+    "popneg1": {"negatives": 6, "recency_boost": 2.0, "negative_pop_power": 1.0},
+    "popularity_negatives": {"negatives": 6, "recency_boost": 2.0},  # what ships: power 0.5
 }
 
 

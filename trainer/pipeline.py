@@ -373,9 +373,8 @@ def _train_kind(
     log.info("[%s] tuning %d candidate(s) on validation", kind, len(candidates))
     tuning_started = time.perf_counter()
     for i, params in enumerate(candidates, start=1):
-        if measure_tuned and "inner_holdout" in type(params).model_fields:
-            # the tuned fit is the measured one here: it must train on every training row
-            params = params.model_copy(update={"inner_holdout": False})
+        if measure_tuned:  # the tuned fit is the measured one: it trains on every training row
+            params = params.for_measured_tuning()
         start = time.perf_counter()
         scorer = spec.fit(train, params, np.random.default_rng(seed), valid)
         fit_seconds = time.perf_counter() - start

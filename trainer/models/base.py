@@ -22,6 +22,11 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def for_measured_tuning(self) -> Params:
+        """These params for a tuned fit that test measures itself (large data, no refit): a kind
+        that holds training rows back while tuning must train on all of them there."""
+        return self
+
 
 class Scorer(ABC):
     """Turns a saved artifact into scores: float32[n_items] per user, NaN = cannot score."""
