@@ -11,7 +11,8 @@ baseline, ...) so that a shared machine's slow minutes fall on both. Results as 
     python scripts/bench_ncf_refit.py --data ../shared/datasets/ml-100k \
         --baseline-tree /tmp/ncf-before --repeats 3 --out benchmarks/results/ncf_refit_time.json
 
-`--current-tree` times another checkout in place of this one (default: this repository).
+`--current-tree` times another checkout in place of this one (default: this repository);
+`--current-update` changes the current tree's parameters (another seed's chosen epochs).
 """
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def main() -> int:
     parser.add_argument("--baseline-tree", type=Path, required=True, help="a checkout to compare")
     parser.add_argument("--current-tree", type=Path, default=REPO, help="default: this repo")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--current-update",
+        type=json.loads,
+        default={},
+        help="JSON over the current tree's reported params, e.g. '{\"pretrain_epochs\": 28}' "
+        "to time another seed's choice",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ncf_refit_time.json"))
     args = parser.parse_args()
     for tree in (args.baseline_tree, args.current_tree):
@@ -89,6 +97,7 @@ def main() -> int:
             parser.error(f"{tree} has no trainer/models/ncf.py")
     trees = {"baseline": args.baseline_tree.resolve(), "current": args.current_tree.resolve()}
     params = {name: reported_params(tree) for name, tree in trees.items()}
+    params["current"].update(args.current_update)
     commits = {name: commit(tree) for name, tree in trees.items()}  # before edits can follow
     runs: dict[str, list[float]] = {"baseline": [], "current": []}
     for i in range(args.repeats):
