@@ -36,8 +36,9 @@ from trainer.models.ranking import pooled_ndcg
 log = logging.getLogger(__name__)
 
 # Floats in one scoring chunk's first-layer activations (users x n_items x width): small enough
-# to stay in cache. scripts/bench_ncf.py: ML-100K 0.53 ms per user (0.66 with chunks 16x this
-# size); at 12k items it is one user per chunk, and chunking there moves little (1.8-2.0 ms).
+# to stay in cache. scripts/bench_ncf.py, two runs: ML-100K 0.53-0.68 ms per user (0.66-0.92 with
+# chunks 16x this size); at 12k items it is one user per chunk, and chunking moves little there
+# (1.8-2.5 ms). The machine's speed differs between the runs as much as the chunk sizes do.
 _CHUNK_FLOATS = 1 << 19
 
 
@@ -76,7 +77,8 @@ class NCFParams(Params):
     user_norm: float = 0.0
     # Negatives drawn with probability ~ (training count + 1)^negative_pop_power; 0: uniform, as
     # in the NeuMF paper. 0.5 over 0, 0.75 and 1 on ML-100K validation (seeds 0-2: 0.0665
-    # against 0.0638, 0.0619, 0.0592); test NDCG@10 0.0556 against 0.0515 (docs/evaluation.md)
+    # against 0.0638, 0.0619, 0.0592); test NDCG@10 over five seeds 0.0535 against uniform's
+    # 0.0505, higher on each seed, in 17-28 epochs instead of 31-38 (docs/evaluation.md)
     negative_pop_power: float = 0.5
 
     def for_measured_tuning(self) -> NCFParams:
@@ -93,7 +95,7 @@ class NCFParams(Params):
         by sqrt(batch / 256), so larger data costs fewer, larger steps.
 
         Past 1M interactions the release's time is the constraint (docs/retrain.md, "Training
-        at scale"): dim 32 and the tower (32, 16, 8), a 10M step of 25 ms with the fused Adam
+        at scale"): dim 32 and the tower (32, 16, 8), a 10M step of 25-33 ms with the fused Adam
         (scripts/bench_ncf.py; an epoch took 49-52 s at dim 64, now 20-24 s); 4 negatives (the NeuMF
         paper found 3 to 6 enough on ML-1M); epochs of at most `epoch_positives` (batch 4096 at
         10M), at most `_SCALE_EPOCHS` pre-training and `_SCALE_FINETUNE` fine-tuning epochs,
@@ -382,8 +384,9 @@ class _Trainer:
         if epochs <= 0:
             return 0
         torch, p = self.torch, self.params
-        # A fused Adam, one kernel for all parameters: at 10M interactions its update is 4.3 ms
-        # against 18.8 (scripts/bench_ncf.py), on ML-100K about 0.6 ms against 1.6 of a step.
+        # A fused Adam, one kernel for all parameters: at 10M interactions its update is 4.3-6.2 ms
+        # against 18.8-35.8 (scripts/bench_ncf.py, two runs), on ML-100K 0.8-0.9 ms against
+        # 1.5-2.4.
         optimiser = torch.optim.Adam(
             self.model.parameters(), lr=lr, weight_decay=p.weight_decay, fused=True
         )
