@@ -1,8 +1,9 @@
 """The quality bar on the real MovieLens 100K, end to end through the CLI and real HTTP.
 
 Each kind must match or beat the best peer library of its family on this exact protocol
-(numbers measured side by side on the identical split; see README "Quality"), and the best kind
-must beat 0.054 NDCG@10. Then every kind is served by uvicorn with the ranking that was measured.
+(numbers measured side by side on the identical split; see README "Quality"), NCF's mean over
+three seeds must reach 0.052 NDCG@10 (1.10x its peer), and the best kind must beat 0.054 NDCG@10.
+Then every kind is served by uvicorn with the ranking that was measured.
 """
 
 from __future__ import annotations
@@ -69,6 +70,45 @@ def test_kind_matches_or_beats_best_peer(trained: dict, kind: str) -> None:
     metrics = trained["report"]["kinds"][kind]["metrics"]
     ndcg, hr = OURS.get(kind, PEERS[kind])
     assert metrics["ndcg@10"] >= ndcg and metrics["hr@10"] >= hr, metrics
+
+
+# Issue #14's NCF bar: 1.10x RecBole NeuMF (0.047), 0.052 NDCG@10, as a mean over three seeds
+# (one run's standard error is about 0.005; docs/evaluation.md, "NCF over seeds").
+NCF_THREE_SEED_BAR = 0.052
+
+
+def test_ncf_three_seed_mean_meets_its_bar(trained: dict, ml100k_dir: Path, tmp_path: Path) -> None:
+    """Seeds 1 and 2 of what ships (`NCFParams()`, the sweep's `pretrain` setting) through the
+    same protocol as the CLI's seed 0 (tune with early stopping, refit on train+validation, test;
+    the sweep's seed 0 equals the CLI's), two processes at once; with seed 0 from the CLI run."""
+    out = tmp_path / "ncf.jsonl"
+    done = subprocess.run(
+        [
+            python(),
+            "scripts/sweep_ncf.py",
+            "--data",
+            str(ml100k_dir),
+            "--configs",
+            "pretrain",
+            "--seeds",
+            "1",
+            "2",
+            "--workers",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ndcg = [trained["report"]["kinds"]["ncf"]["metrics"]["ndcg@10"]]
+    ndcg += [json.loads(line)["test_ndcg"] for line in out.read_text().splitlines()]
+    assert len(ndcg) == 3
+    assert sum(ndcg) / 3 >= NCF_THREE_SEED_BAR, ndcg
+    assert min(ndcg) > PEERS["ncf"][0], ndcg  # every seed beats the peer, not only the mean
 
 
 def test_best_kind_beats_0054(trained: dict) -> None:
