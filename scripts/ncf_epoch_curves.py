@@ -1,8 +1,9 @@
 """NCF's full-ranking NDCG@10 after every epoch, at three held-out positions, over seeds.
 
 A diagnostic for how NCF picks its epochs (docs/evaluation.md, "NCF over seeds"). For each seed,
-three runs of the shipped setting's pre-training (alpha 0.5, no early stop, no fine-tuning, the
-one-item validation it had before `inner_holdout`), each scored after every epoch:
+three runs of the sixth session's setting's pre-training (alpha 0.5, no early stop, no
+fine-tuning, the one-item validation it had before `inner_holdout`, uniform negatives as before
+`negative_pop_power`), each scored after every epoch:
 
 - `inner`: trained on train minus each user's latest training row, scored on that row;
 - `valid`: trained on train, scored on the validation row (what single-row validation sees);
@@ -33,6 +34,7 @@ SETTING = {
     "negatives": 6,
     "recency_boost": 2.0,
     "inner_holdout": False,
+    "negative_pop_power": 0.0,  # the committed curves drew negatives uniformly
     "pretrain_epochs": EPOCHS,
     "finetune_epochs": 0,
     "patience": EPOCHS,

@@ -25,7 +25,8 @@ FAST_PARAMS: dict[str, dict] = {  # small, quick settings: the contract is about
         "weighting": "binary",
         "alpha": 5.0,
     },
-    # Uniform negatives do sample item u for user u (it is unseen): weight decay and a short run
+    # Negatives do sample item u for user u (it is unseen; every item has the same count here, so
+    # popularity draws are uniform): weight decay and a short run
     # make NCF learn the group structure instead of memorising those draws.
     "ncf": {
         "dim": 8,

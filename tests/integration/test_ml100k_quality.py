@@ -1,7 +1,7 @@
 """The quality bar on the real MovieLens 100K, end to end through the CLI and real HTTP.
 
 Each kind must match or beat the best peer library of its family on this exact protocol
-(numbers measured side by side on the identical split; see README "Quality"), NCF's mean over
+(numbers measured side by side on the identical split; docs/evaluation.md), NCF's mean over
 three seeds must reach 0.052 NDCG@10 (1.10x its peer), and the best kind must beat 0.054 NDCG@10.
 Then every kind is served by uvicorn with the ranking that was measured.
 """
@@ -80,7 +80,12 @@ NCF_THREE_SEED_BAR = 0.052
 def test_ncf_three_seed_mean_meets_its_bar(trained: dict, ml100k_dir: Path, tmp_path: Path) -> None:
     """Seeds 1 and 2 of what ships (`NCFParams()`, the sweep's `pretrain` setting) through the
     same protocol as the CLI's seed 0 (tune with early stopping, refit on train+validation, test;
-    the sweep's seed 0 equals the CLI's), two processes at once; with seed 0 from the CLI run."""
+    the sweep's seed 0 equals the CLI's), two processes at once; with seed 0 from the CLI run.
+
+    Measured 0.0507 / 0.0534 / 0.0566 (mean 0.0536) with torch 2.13.0+cpu on x86: a seed is
+    repeatable on one torch build and CPU, but another build re-rounds every seed (about 0.003 on
+    a three-seed mean). If this fails after such a change, measure more seeds before moving a
+    bar (docs/evaluation.md, "NCF over seeds")."""
     out = tmp_path / "ncf.jsonl"
     done = subprocess.run(
         [

@@ -27,6 +27,9 @@ def test_sizes_follow_the_data(n: int, dim: int, batch: int, lr: float) -> None:
     assert (p.dim, p.batch_size, p.lr) == (dim, batch, lr)
     large = n > 1_000_000
     assert p.negatives == (4 if large else 6)
+    # negatives by popularity where it was measured (up to 1M), uniform past it
+    assert p.negative_pop_power == (0.0 if large else 0.5)
+    assert ncf.NCFParams(negative_pop_power=0.75).resolve(n).negative_pop_power == 0.75
     if large:  # the cheap tower and capped epochs that keep a 10M release in its time
         assert p.hidden == (32, 16, 8)
         assert (p.pretrain_epochs, p.finetune_epochs, p.patience) == (12, 3, 3)
@@ -236,8 +239,31 @@ def test_popularity_negatives_follow_count_plus_one_to_the_power() -> None:
     np.testing.assert_allclose(share, want, atol=0.006)
     assert share[0] > 0.03  # the never-trained item is drawn (about 5 %)
 
-    user = 3  # a user with positives: the sampler never returns them
+    user = 3  # a user with positives: never drawn, the rest by the same law (redraws included)
     got = ncf._sample_negatives(
-        np.random.default_rng(6), np.full(20_000, user, np.int32), n_items, positives, 1, cdf
+        np.random.default_rng(6), np.full(60_000, user, np.int32), n_items, positives, 1, cdf
     )[1]
-    assert not np.isin(got, data.item_idx[data.user_idx == user]).any()
+    own = data.item_idx[data.user_idx == user]
+    assert own.size and not np.isin(got, own).any()
+    want = np.sqrt(counts + 1.0)
+    want[own] = 0
+    share = np.bincount(got, minlength=n_items) / got.size
+    np.testing.assert_allclose(share, want / want.sum(), atol=0.008)
+
+
+def test_popularity_counts_weigh_each_row_and_bad_powers_are_refused() -> None:
+    """A watch (weight < 1) counts towards an item's draw share by its weight, not as a whole
+    row; a negative or NaN power is a configuration error."""
+    from pydantic import ValidationError
+
+    users = np.arange(4, dtype=np.int32)
+    items = np.array([0, 0, 1, 1], dtype=np.int32)
+    weight = np.array([1.0, 1.0, 0.5, 0.5], dtype=np.float32)  # item 1: two watches
+    data = Interactions.build(users, items, np.zeros(4, np.int64), 4, 3, weight=weight)
+    probs = np.diff(np.concatenate([[0.0], ncf._negative_cdf(data, 1.0)]))
+    np.testing.assert_allclose(probs, np.array([3.0, 2.0, 1.0]) / 6.0)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValidationError):
+            ncf.NCFParams(negative_pop_power=bad)
+        with pytest.raises(ValidationError):
+            ncf.NCFParams(user_norm=bad)

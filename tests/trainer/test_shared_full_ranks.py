@@ -33,7 +33,9 @@ class _Counting(Scorer):
 
 
 def _rows(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> Interactions:
-    return Interactions.build(users, items, np.arange(users.size), n_users, n_items)
+    """Rows as given, not sorted by user (ranking must not rely on any order)."""
+    ts = np.arange(users.size, dtype=np.int64)
+    return Interactions(users.astype(np.int32), items.astype(np.int32), ts, n_users, n_items)
 
 
 def _by_hand(scorer: _Counting, seen: Interactions, held: Interactions) -> np.ndarray:
@@ -60,11 +62,14 @@ def test_each_pair_gets_its_own_ranks_and_each_user_is_scored_once() -> None:
     # the second check's users are a subset of the first's, as in NCF's validation
     users_a = rng.choice(n_users, 500, replace=False)
     users_b = users_a[:300]
-    held_a = _rows(users_a, rng.integers(0, n_items, 500), n_users, n_items)
+    # a user held out twice in one check (two rows, ranked separately), rows in no user order
+    users_a = np.concatenate([users_a, users_a[[7, 400]]])
+    held_a = _rows(users_a, rng.integers(0, n_items, 502), n_users, n_items)
     held_b = _rows(users_b, rng.integers(0, n_items, 300), n_users, n_items)
     scorer = _Counting(n_users, n_items)
     ranks_a, ranks_b = shared_full_ranks(scorer, [(seen_a, held_a), (seen_b, held_b)])
     assert scorer.calls.max() == 1 and scorer.calls.sum() == 500
+    assert shared_full_ranks(scorer, []) == []
     np.testing.assert_array_equal(ranks_a, _by_hand(scorer, seen_a, held_a))
     np.testing.assert_array_equal(ranks_b, _by_hand(scorer, seen_b, held_b))
     np.testing.assert_array_equal(ranks_b, full_ranks(scorer, seen_b, held_b))

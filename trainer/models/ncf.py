@@ -28,6 +28,7 @@ import logging
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from trainer.models.base import ModelSpec, Params, Scorer, recency_weights
 from trainer.models.data import Interactions
@@ -74,12 +75,12 @@ class NCFParams(Params):
     inner_holdout: bool = True
     # Each positive's row (it and its negatives) weighs (n_u / mean n)^-user_norm, normalised to
     # mean 1: 0 lets heavy users dominate the loss, as the raw data does; NDCG averages users.
-    user_norm: float = 0.0
-    # Negatives drawn with probability ~ (training count + 1)^negative_pop_power; 0: uniform, as
-    # in the NeuMF paper. 0.5 over 0, 0.75 and 1 on ML-100K validation (seeds 0-2: 0.0665
-    # against 0.0638, 0.0619, 0.0592); test NDCG@10 over five seeds 0.0535 against uniform's
-    # 0.0505, higher on each seed, in 17-28 epochs instead of 31-38 (docs/evaluation.md)
-    negative_pop_power: float = 0.5
+    # Tried on ML-100K and not kept (test 0.0511 against 0.0515 over three seeds).
+    user_norm: float = Field(default=0.0, ge=0)
+    # Negatives drawn with probability ~ (weighted training count + 1)^negative_pop_power;
+    # 0: uniform, as in the NeuMF paper; None: `_POP_POWER` up to 1M interactions, uniform above
+    # (`resolve`).
+    negative_pop_power: float | None = Field(default=None, ge=0)
 
     def for_measured_tuning(self) -> NCFParams:
         return self.model_copy(update={"inner_holdout": False})
@@ -100,6 +101,9 @@ class NCFParams(Params):
         paper found 3 to 6 enough on ML-1M); epochs of at most `epoch_positives` (batch 4096 at
         10M), at most `_SCALE_EPOCHS` pre-training and `_SCALE_FINETUNE` fine-tuning epochs,
         patience `_SCALE_PATIENCE`. Sizes set explicitly are kept; epochs are capped.
+        Negatives are drawn by popularity (`_POP_POWER`) up to 1M interactions and uniformly
+        above, where the drawing by popularity is unmeasured for quality and costs more
+        (scripts/bench_ncf.py: 1.56 s of an epoch's sampling at 10M against 0.67 s).
         """
         large = n_interactions > _MANY
         dim = self.dim or (
@@ -121,6 +125,11 @@ class NCFParams(Params):
             "batch_size": batch,
             "lr": lr,
             "negatives": self.negatives or (4 if large else 6),
+            "negative_pop_power": (
+                self.negative_pop_power
+                if self.negative_pop_power is not None
+                else (0.0 if large else _POP_POWER)
+            ),
         }
         if large:
             update["pretrain_epochs"] = min(self.pretrain_epochs, _SCALE_EPOCHS)
@@ -141,6 +150,11 @@ _SMALL_BATCH = 1024  # up to here: one torch thread (see `fit`)
 _SCALE_FINETUNE = 3
 _SCALE_PATIENCE = 3
 _ALPHAS = (0.25, 0.5, 0.75)  # fusion weights tried on validation after pre-training
+# Negatives by (count + 1)^0.5 up to _MANY: validation on ML-100K seeds 0-2 picked 0.5 over 0,
+# 0.75 and 1 (0.0665 against 0.0638, 0.0619, 0.0592, drawn by count^power); with the +1 it
+# scored 0.0656 on validation and test NDCG@10 0.0535 over five seeds against uniform's 0.0505,
+# higher on each seed, in 17-28 epochs instead of 31-38 (docs/evaluation.md)
+_POP_POWER = 0.5
 
 
 class NCFScorer(Scorer):
@@ -239,12 +253,13 @@ _BITMAP_BYTES = 1 << 28  # 256 MB: past this many pairs, binary search (slower, 
 
 def _negative_cdf(data: Interactions, power: float) -> np.ndarray | None:
     """Cumulative probabilities of drawing each item as a negative: (count + 1)^power, with its
-    training count; None (uniform) at power 0. The +1 keeps items no one trained on drawable, so
-    they are still pushed down (with count^power they were never drawn and kept their initial,
-    middling score)."""
+    training rows counted by their weight (a watch counts less than a rating); None (uniform) at
+    power 0. The +1 keeps items no one trained on drawable, so they are still pushed down (with
+    count^power they were never drawn and kept their initial, middling score)."""
     if not power:
         return None
-    weight = (np.bincount(data.item_idx, minlength=data.n_items) + 1.0) ** power
+    counts = np.bincount(data.item_idx, weights=data.weight, minlength=data.n_items)
+    weight = (counts + 1.0) ** power
     cdf = np.cumsum(weight)
     return cdf / cdf[-1]
 

@@ -95,19 +95,26 @@ def shared_full_ranks(
     NCF's validation ranks two held-out items per user, each against its own seen items: one
     scoring pass instead of two (scoring is most of an epoch's validation).
     """
+    if not checks:
+        return []
     users = np.unique(np.concatenate([held.user_idx for _, held in checks])).astype(np.int64)
     seen_csrs = [seen.matrix().tocsr() for seen, _ in checks]
-    at = [np.searchsorted(users, held.user_idx) for _, held in checks]  # row -> position in users
+    # each check's rows in the order of their user's position in `users`: a block's rows are
+    # then one slice (found by binary search), not a scan of every row per block
+    at = [np.searchsorted(users, held.user_idx) for _, held in checks]
+    order = [np.argsort(pos, kind="stable") for pos in at]
+    sorted_at = [pos[o] for pos, o in zip(at, order, strict=True)]
     ranks = [np.empty(len(held), dtype=np.int64) for _, held in checks]
     for block, scores in scored_blocks(scorer.score_many, users):
         stop = block.start + scores.shape[0]
-        for (_, held), seen_csr, pos, out in zip(checks, seen_csrs, at, ranks, strict=True):
-            rows = np.flatnonzero((pos >= block.start) & (pos < stop))
-            if not rows.size:
+        for c, (_, held) in enumerate(checks):
+            lo, hi = np.searchsorted(sorted_at[c], [block.start, stop])
+            if lo == hi:
                 continue
-            mask = np.asarray(seen_csr[held.user_idx[rows]].todense()) > 0
-            out[rows] = pessimistic_rank(
-                scores[pos[rows] - block.start], mask, held.item_idx[rows].astype(np.int64)
+            rows = order[c][lo:hi]
+            mask = np.asarray(seen_csrs[c][held.user_idx[rows]].todense()) > 0
+            ranks[c][rows] = pessimistic_rank(
+                scores[at[c][rows] - block.start], mask, held.item_idx[rows].astype(np.int64)
             )
     return ranks
 
