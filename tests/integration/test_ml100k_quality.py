@@ -37,28 +37,26 @@ OURS = {"ncf": (0.048, 0.100)}
 pytestmark = pytest.mark.slow
 
 
+def _run(*args: str) -> subprocess.CompletedProcess:
+    """This repo's Python with `args`, from the repo root, output captured, at most 15 min."""
+    return subprocess.run([python(), *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def trained(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("ml100k")
     registry = (root / "registry").as_uri()
     report = root / "report.json"
-    out = subprocess.run(
-        [
-            python(),
-            "-m",
-            "trainer",
-            "train",
-            "--data",
-            str(ml100k_dir),
-            "--registry",
-            registry,
-            "--report",
-            str(report),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    out = _run(
+        "-m",
+        "trainer",
+        "train",
+        "--data",
+        str(ml100k_dir),
+        "--registry",
+        registry,
+        "--report",
+        str(report),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "published v0.1" in out.stdout and "NDCG@10" in out.stdout
@@ -87,27 +85,8 @@ def test_ncf_three_seed_mean_meets_its_bar(trained: dict, ml100k_dir: Path, tmp_
     a three-seed mean). If this fails after such a change, measure more seeds before moving a
     bar (docs/evaluation.md, "NCF over seeds")."""
     out = tmp_path / "ncf.jsonl"
-    done = subprocess.run(
-        [
-            python(),
-            "scripts/sweep_ncf.py",
-            "--data",
-            str(ml100k_dir),
-            "--configs",
-            "pretrain",
-            "--seeds",
-            "1",
-            "2",
-            "--workers",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    seeds = ["--configs", "pretrain", "--seeds", "1", "2", "--workers", "2", "--out", str(out)]
+    done = _run("scripts/sweep_ncf.py", "--data", str(ml100k_dir), *seeds)
     assert done.returncode == 0, done.stderr[-3000:]
     ndcg = [trained["report"]["kinds"]["ncf"]["metrics"]["ndcg@10"]]
     ndcg += [json.loads(line)["test_ndcg"] for line in out.read_text().splitlines()]
