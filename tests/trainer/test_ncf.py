@@ -267,3 +267,27 @@ def test_popularity_counts_weigh_each_row_and_bad_powers_are_refused() -> None:
             ncf.NCFParams(negative_pop_power=bad)
         with pytest.raises(ValidationError):
             ncf.NCFParams(user_norm=bad)
+
+
+def test_user_norm_weighs_each_users_rows_by_activity_to_the_power() -> None:
+    """Known answer: a user with 4x the mean activity has each row weighted 4^-0.5 relative to
+    an average user, the weights average 1 over rows, and a fit with them still learns."""
+    import torch
+
+    # users 0-2: 2 rows each, user 3: 8 rows (mean over users 3.5)
+    users = np.repeat(np.arange(4), [2, 2, 2, 8]).astype(np.int32)
+    items = np.concatenate([[0, 1], [2, 3], [4, 5], np.arange(6, 14)]).astype(np.int32)
+    data = Interactions.build(users, items, np.arange(users.size), 4, 14)
+    params = ncf.NCFParams(**FAST, user_norm=0.5).resolve(len(data))
+    trainer = ncf._Trainer(torch, data, params, np.random.default_rng(0), None)
+    w = trainer.row_weights.numpy()
+    assert abs(w.mean() - 1) < 1e-6
+    light, heavy = w[data.user_idx == 0][0], w[data.user_idx == 3][0]
+    np.testing.assert_allclose(heavy / light, (8 / 2) ** -0.5, rtol=1e-5)
+    off_params = params.model_copy(update={"user_norm": 0.0})
+    off = ncf._Trainer(torch, data, off_params, np.random.default_rng(0), None)
+    assert off.row_weights is None  # 0: no per-row factor at all
+
+    split = leave_last_out(_two_tastes())
+    scorer = ncf.fit(split.train, ncf.NCFParams(**FAST, user_norm=0.5), np.random.default_rng(0))
+    assert full_ranking_ndcg(scorer, split.train, split.valid) > 0.2  # chance is about 0.1
