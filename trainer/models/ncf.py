@@ -2,8 +2,9 @@
 
 Training, as the NeuMF paper does it: pre-train GMF and MLP, fuse them into NeuMF with weight
 alpha, fine-tune the fused model. Each positive meets `negatives` items the user has not
-interacted with, drawn in proportion to the square root of their popularity (the paper draws
-uniformly; popular negatives teach more, validation picked power 0.5 over 0, 0.75 and 1),
+interacted with, drawn in proportion to the square root of their popularity up to 1M
+interactions (the paper draws uniformly, as NCF still does past 1M; popular negatives teach
+more, and ML-100K's validation picked power 0.5 over 0, 0.75 and 1),
 binary cross-entropy (the paper's loss; BPR was tried and lost on validation), Adam, seeded;
 a positive's loss is weighted towards each user's latest items and by the row's own weight
 (watches weigh less). Sizes (embedding, batch, negatives) follow the data
