@@ -85,3 +85,4 @@ def test_pooled_ndcg_averages_every_held_out_row() -> None:
     bottom = _rows(np.array([2]), np.array([worst[2]]), n_users, n_items)
     assert pooled_ndcg(scorer, [(seen, top), (seen, bottom)]) == 2 / 3
     assert pooled_ndcg(scorer, [(seen, bottom)]) == 0.0
+    assert pooled_ndcg(scorer, []) == 0.0  # nothing held out: nothing to score, not an error

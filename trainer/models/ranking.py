@@ -126,5 +126,5 @@ def full_ranking_ndcg(scorer: Scorer, seen: Interactions, held_out: Interactions
 
 def pooled_ndcg(scorer: Scorer, checks: list[tuple[Interactions, Interactions]]) -> float:
     """Mean NDCG@10 over every held-out row of every (seen, held out) pair (`shared_full_ranks`)."""
-    ranks = np.concatenate(shared_full_ranks(scorer, checks))
+    ranks = np.concatenate([np.empty(0, dtype=np.int64), *shared_full_ranks(scorer, checks)])
     return float(ndcg_gains(ranks).mean()) if ranks.size else 0.0
